@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import random
 
-
-
 DEFAULT_SEED = 0
 
 

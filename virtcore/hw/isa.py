@@ -205,7 +205,8 @@ ISA: dict[str, Instruction] = {row.mnemonic: row for row in TABLE}
 #: opcode → row
 BY_OPCODE: dict[int, Instruction] = {row.opcode: row for row in TABLE}
 
-assert len(ISA) == len(TABLE) and len(BY_OPCODE) == len(TABLE), "duplicate mnemonic or opcode"
+if len(ISA) != len(TABLE) or len(BY_OPCODE) != len(TABLE):  # pragma: no cover - table typo
+    raise AssertionError("duplicate mnemonic or opcode in the ISA table")
 
 
 def privileged() -> list[str]:
