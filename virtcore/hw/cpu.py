@@ -102,8 +102,8 @@ class VMCS:
     :meth:`CPU.save_state`/:meth:`CPU.load_state` — and no VPID: the TLB is
     flushed on every VM entry and exit.
 
-    >>> VMCS().hlt_exiting, sorted(VMCS().cr_exiting)
-    (True, [3])
+    >>> VMCS().hlt_exiting, [c.name for c in VMCS().cr_exiting]
+    (True, ['CR3'])
     """
 
     hlt_exiting: bool = True
@@ -114,7 +114,9 @@ class VMCS:
     cr_exiting: set[CR] = field(default_factory=lambda: {CR.CR3})
     #: synchronous exceptions that exit instead of going to the guest's handler
     exception_bitmap: set[TrapCause] = field(default_factory=set)
-    #: second-dimension translation (EPT): guest-physical → host-physical
+    #: second-dimension translation (EPT): guest-physical → host-physical.
+    #: An MMU over host memory whose ``enabled`` is True; None = no EPT
+    #: (guest-physical addresses are host-physical — confine the guest otherwise).
     ept: MMU | None = None
     #: a virtual interrupt to inject on the next entry (VM-entry interruption info)
     inject: TrapCause | None = None
