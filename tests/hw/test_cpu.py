@@ -375,3 +375,25 @@ def test_fault_in_a_later_loop_iteration_keeps_registers_written_earlier():
     assert rf.event == rs.event and rf.event.cause is TrapCause.ALIGNMENT_CHECK
     assert fast.cpu.regs == slow.cpu.regs
     assert fast.cpu.regs[1] == 5 and fast.cpu.regs[2] == 1
+
+
+def test_guest_with_ept_runs_in_its_own_frames_and_exits_on_unmapped_gpa():
+    from virtcore.hw.paging import MMU
+
+    m = Machine(memory_size=64 * 1024)
+    # guest-physical 0x0000 -> host 0x8000 (code), 0x1000 -> host 0x9000 (data)
+    prog = assemble("movi r1, 7\n li r5, 0x1000\n st r1, [r5]\n li r5, 0x3000\n ld r2, [r5]")
+    m.memory.load_words(0x8000, prog.words)
+    ept = MMU(m.memory, m.mmu.config)
+    alloc = m.frame_allocator(reserved=range(0, 10))
+    ept.set_root(ept.alloc_table(alloc))
+    ept.map(0x0000, 0x8000, allocator=alloc)
+    ept.map(0x1000, 0x9000, allocator=alloc)
+    ept.enabled = True
+    m.cpu.enter_guest(VMCS(ept=ept))
+    r = m.run(100)
+    assert r.reason is StopReason.VMEXIT
+    assert r.event.reason is ExitReason.EPT_VIOLATION
+    assert r.event.qualification["gpa"] == 0x3000
+    assert m.memory.read_word(0x9000) == 7  # the guest's store landed in its host frame
+    assert m.memory.read_word(0x1000) == 0  # not at host-physical 0x1000

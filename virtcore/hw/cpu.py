@@ -453,7 +453,10 @@ class CPU:
     # ------------------------------------------------------------------
     # traps and exits
     def _fault(self, fault: PageFault, pc: int) -> Event | None:
-        if fault.nested and self.guest_mode:
+        # With guest paging off, the only translation is the nested one (EPT),
+        # so any fault is in the second dimension.
+        nested_only = not self.mmu.enabled and self.mmu.nested is not None
+        if self.guest_mode and (fault.nested or nested_only):
             return self._exit(ExitReason.EPT_VIOLATION, pc, gpa=fault.vaddr,
                               access=fault.access.name.lower())
         return self._trap(TrapCause.PAGE_FAULT, pc, address=fault.vaddr, fault=fault)
