@@ -274,8 +274,8 @@ class CPU:
         self.intr = False  # IF
         # Lazy arithmetic flags: the operands of the last compare, or
         # cc_a = None when they were loaded explicitly (popf, iret) into aflags.
-        self.cc_a: int | None = 0
-        self.cc_b = 1
+        self.cc_a: int | None = None  # flags start clear, as x86's do (FLAGS = 0x2)
+        self.cc_b = 0
         self.aflags = 0
         self.crs: dict[int, int] = {c.value: 0 for c in CR}
         self.halted = False

@@ -1,0 +1,235 @@
+"""The course map: chapters, the syllabus claims they teach, and which chapters exist yet.
+
+The source notes (Chinese study notes on virtualization) are the syllabus;
+every claim in them has an id — ``S1.1`` … ``S6.5`` for what the notes say,
+``N1`` … ``N8`` for where the course corrects them — and each id belongs to
+one chapter.  Chapter 0 (this tour) has no claim of its own.
+
+>>> chapter_of("S6.3").number
+6
+>>> chapter_of("S1.5").title_zh
+'虚拟化架构'
+>>> [c.number for c in CHAPTERS]
+[0, 1, 2, 3, 4, 5, 6]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtcore.errors import VirtcoreError
+from virtcore.viz._lazy import TextView, esc
+
+
+class UnknownClaimError(VirtcoreError, KeyError):
+    """A syllabus id that the notes do not have."""
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One chapter (notebook) of the course.
+
+    Attributes
+    ----------
+    number : int
+        0–6; the notebook is ``notebooks/NN-*.ipynb``.
+    title, title_zh : str
+        English title and the title of the notes' section (Chinese).
+    section : str
+        The notes' section id (``"S1"`` …), empty for chapter 0.
+    library : tuple of str
+        The virtcore packages the chapter runs on.
+    summary : str
+        What it covers, in one line.
+
+    Examples
+    --------
+    >>> CHAPTERS[2].section, CHAPTERS[2].pattern
+    ('S2', '02-*.ipynb')
+    """
+
+    number: int
+    title: str
+    title_zh: str
+    section: str
+    library: tuple[str, ...]
+    summary: str
+
+    @property
+    def pattern(self) -> str:
+        """The notebook's file-name pattern, e.g. ``01-*.ipynb``."""
+        return f"{self.number:02d}-*.ipynb"
+
+
+#: The chapters, in order (design.md, "Chapters ↔ syllabus sections").
+CHAPTERS: tuple[Chapter, ...] = (
+    Chapter(0, "Start here", "从这里开始", "", ("hw",),
+            "how the course works; a first look at the simulated machine"),
+    Chapter(1, "Virtualization architectures", "虚拟化架构", "S1", ("arch",),
+            "hosted, bare-metal, OS-level and hybrid; Type 1 and Type 2 hypervisors"),
+    Chapter(2, "The VM and its monitor", "虚拟机与VMM", "S2", ("vmm", "sched", "hw"),
+            "virtual resources, trap-and-emulate, Popek–Goldberg, scheduling, management"),
+    Chapter(3, "KVM vs Xen", "KVM架构 VS Xen架构", "S3", ("kvm", "xen"),
+            "a kernel module turning Linux into a hypervisor vs a small hypervisor with Dom0"),
+    Chapter(4, "Security vs performance", "Xen 和KVM架构各有所长", "S4",
+            ("xen", "kvm"),
+            "grant tables vs shared memory; the KVM + QEMU stack; emulated vs virtio devices"),
+    Chapter(5, "Xen", "XEN", "S5", ("xen",),
+            "the Xen stack: hypervisor, Domain 0, DomU, driver domains, split drivers"),
+    Chapter(6, "Xen internals", "Xen架构简介", "S6", ("xen",),
+            "control interface, safe hardware interface, event channels, vCPU, virtual MMU"),
+)
+
+#: Every claim of the syllabus (``/work/shared/syllabus.md``), in a few words.
+SYLLABUS: dict[str, str] = {
+    "S1.1": "hosted virtualization (寄居虚拟化): the VMM is an application on a host OS",
+    "S1.2": "bare-metal virtualization (裸金属虚拟化): the hypervisor runs on the hardware",
+    "S1.3": "the hypervisor's two duties: capture privileged instructions; schedule VMs",
+    "S1.4": "OS-level virtualization (操作系统虚拟化): containers sharing one kernel",
+    "S1.5": "hybrid virtualization (混合虚拟化): a kernel driver as the virtual hardware "
+            "manager",
+    "S1.6": "Type 1 vs Type 2 hypervisors, by where the hypervisor sits",
+    "S1.7": "Type 1 products; a thin OS of its own",
+    "S1.8": "Type 2: a whole virtual platform on a host OS; the slowest path",
+    "S1.9": "hypervisors embedded in firmware",
+    "S1.10": "Type 1 faster in theory; Type 2 more flexible, supports nesting",
+    "S2.1": "a VM (虚拟机) is an efficient, isolated virtual computer; VMM = hypervisor",
+    "S2.2": "virtual resources (虚拟资源): vCPUs, memory and devices built by the VMM",
+    "S2.3": "scheduling (调度) many VMs on one machine",
+    "S2.4": "the management interface (管理接口): create, delete, pause, resume, migrate",
+    "S3.1": "KVM is a kernel module exposing /dev/kvm, driven by ioctl",
+    "S3.2": "a KVM guest is a process, each vCPU a thread; KVM reuses Linux",
+    "S3.3": "KVM needs hardware virtualization (Intel VT / AMD-V)",
+    "S3.4": "Xen is a small hypervisor with its own scheduler and memory manager",
+    "S3.5": "Xen's Domain 0 does I/O virtualization and VM management; DomU are guests",
+    "S3.6": "Xen runs PV guests without hardware support and HVM guests with it",
+    "S4.1": "Xen leans to security: shared memory needs the hypervisor's authorization",
+    "S4.2": "KVM leans to performance: a shorter path without the hypervisor's approval",
+    "S4.3": "the KVM stack: guest, KVM in the kernel, QEMU in user space",
+    "S4.4": "with KVM guest code runs directly; QEMU alone translates every instruction",
+    "S4.5": "emulated devices are slow; virtio_blk and virtio_net are faster",
+    "S4.6": "KVM is the most used hypervisor on x86 and best supported by OpenStack",
+    "S5.1": "the Xen stack: hypervisor first, Domain 0 and DomUs above",
+    "S5.2": "the hypervisor hands out virtual hardware and isolates domains",
+    "S5.3": "Domain 0 holds native drivers, management tools and backend drivers",
+    "S5.4": "DomU cannot touch hardware; frontend drivers talk to backends",
+    "S5.5": "unmodified guests run on processors with hardware virtualization (HVM)",
+    "S5.6": "driver domains and SMP guests with several vCPUs",
+    "S6.1": "the control interface (控制接口), for Domain 0 only",
+    "S6.2": "the safe hardware interface (安全硬件接口): DMA, I/O, virtual PCI, interrupts",
+    "S6.3": "event channels (事件通道): asynchronous notifications between domains and Xen",
+    "S6.4": "the virtual processor (虚拟处理器): privileged instructions checked by Xen",
+    "S6.5": "the virtual MMU (虚拟内存管理单元): guest virtual → guest physical → machine",
+    "N1": "ESXi is bare-metal and Virtage is embedded in firmware, not hosted",
+    "N2": "Type 1 hypervisors are not 'customised Linux' (Xen, VMkernel)",
+    "N3": "KVM's type is debated: Type 2 by placement, Type 1 by function",
+    "N4": "virtio is paravirtualized I/O, not pass-through (VFIO / SR-IOV)",
+    "N5": "'KVM only supports full virtualization' holds for the CPU, not for I/O",
+    "N6": "'QEMU translates every instruction' describes QEMU without KVM (TCG)",
+    "N7": "nesting is not special to Type 2: Xen and Hyper-V nest too",
+    "N8": "typos in the notes: Ctrix → Citrix, Readhat → Red Hat",
+}
+
+#: The chapter of each correction N1–N8 (the S ids follow their section number).
+_CORRECTIONS = {"N1": 1, "N2": 1, "N3": 3, "N4": 4, "N5": 3, "N6": 4, "N7": 1, "N8": 1}
+
+
+def chapter_of(claim: str) -> Chapter:
+    """The chapter that teaches a syllabus claim.
+
+    Parameters
+    ----------
+    claim : str
+        An id such as ``"S2.3"`` or ``"N4"``.
+
+    Raises
+    ------
+    UnknownClaimError
+        If the notes have no such claim.
+
+    Examples
+    --------
+    >>> chapter_of("S2.3").title, chapter_of("N4").number
+    ('The VM and its monitor', 4)
+    >>> chapter_of("S9.9")
+    Traceback (most recent call last):
+    ...
+    virtcore.viz.course.UnknownClaimError: "no syllabus claim 'S9.9' (ids run S1.1 … S6.5, N1 … N8)"
+    """
+    if claim not in SYLLABUS:
+        raise UnknownClaimError(f"no syllabus claim {claim!r} (ids run S1.1 … S6.5, N1 … N8)")
+    number = _CORRECTIONS[claim] if claim.startswith("N") else int(claim[1:].split(".")[0])
+    return CHAPTERS[number]
+
+
+def claims_of(chapter: int) -> list[str]:
+    """The syllabus ids a chapter teaches, in order.
+
+    >>> claims_of(6)
+    ['S6.1', 'S6.2', 'S6.3', 'S6.4', 'S6.5']
+    >>> claims_of(0)
+    []
+    """
+    return [c for c in SYLLABUS if chapter_of(c).number == chapter]
+
+
+def available(chapter: Chapter, notebooks: Path | str) -> Path | None:
+    """The chapter's notebook in the folder ``notebooks``, or None if it is not written yet.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = Path(d, "00-start-here.ipynb").write_text("{}")
+    ...     available(CHAPTERS[0], d).name, available(CHAPTERS[1], d)
+    ('00-start-here.ipynb', None)
+    """
+    found = sorted(Path(notebooks).glob(chapter.pattern))
+    return found[0] if found else None
+
+
+def chapters_table(notebooks: Path | str | None = None) -> TextView:
+    """The course map as a table: chapter, notes section, what it covers, claims, status.
+
+    Parameters
+    ----------
+    notebooks : path, optional
+        The folder of the chapter notebooks; each chapter's status is
+        "ready" (with its file name) when its ``NN-*.ipynb`` is there, else
+        "coming".  Without it the status column is left out.
+
+    Returns
+    -------
+    TextView
+        Markdown (the text) with a Markdown rendering for Jupyter.
+
+    Examples
+    --------
+    >>> print(chapters_table().splitlines()[3])
+    | 1 | Virtualization architectures | S1 虚拟化架构 | hosted, ... | S1.1–S1.10 |
+    """
+    head = ["#", "chapter", "notes section", "covers", "claims"]
+    if notebooks is not None:
+        head.append("status")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for ch in CHAPTERS:
+        ids = [c for c in claims_of(ch.number) if c.startswith("S")]
+        section = f"{ch.section} {ch.title_zh}" if ch.section else "—"
+        cells = [str(ch.number), ch.title, section, ch.summary,
+                 f"{ids[0]}–{ids[-1]}" if ids else "—"]
+        if notebooks is not None:
+            path = available(ch, notebooks)
+            cells.append(f"ready: [{path.name}]({path.name})" if path else "coming")
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    return TextView(text, markdown=text)
+
+
+def syllabus_table(chapter: int) -> TextView:
+    """The claims one chapter teaches, as a Markdown list.
+
+    >>> print(syllabus_table(6).splitlines()[0])
+    - **S6.1** the control interface (控制接口), for Domain 0 only
+    """
+    text = "\n".join(f"- **{c}** {SYLLABUS[c]}" for c in claims_of(chapter))
+    return TextView(text, markdown=text, html="<ul>" + "".join(
+        f"<li><b>{c}</b> {esc(SYLLABUS[c])}</li>" for c in claims_of(chapter)) + "</ul>")
