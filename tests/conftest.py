@@ -139,7 +139,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """Attach the JupyterLab log (last 200 lines) to the report of a failing browser test."""
     report = yield
     server = getattr(item, "funcargs", {}).get("lab_server")
-    if report.failed and server is not None:
+    if report.failed and report.when == "call" and server is not None:
         tail = "\n".join(server.log().splitlines()[-200:])
         report.sections.append(("JupyterLab log (last 200 lines)", tail))
     return report

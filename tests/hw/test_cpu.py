@@ -385,7 +385,7 @@ def test_guest_with_ept_runs_in_its_own_frames_and_exits_on_unmapped_gpa():
     prog = assemble("movi r1, 7\n li r5, 0x1000\n st r1, [r5]\n li r5, 0x3000\n ld r2, [r5]")
     m.memory.load_words(0x8000, prog.words)
     ept = MMU(m.memory, m.mmu.config)
-    alloc = m.frame_allocator(reserved=range(0, 10))
+    alloc = m.frame_allocator(reserved=range(10))
     ept.set_root(ept.alloc_table(alloc))
     ept.map(0x0000, 0x8000, allocator=alloc)
     ept.map(0x1000, 0x9000, allocator=alloc)
