@@ -397,3 +397,26 @@ def test_guest_with_ept_runs_in_its_own_frames_and_exits_on_unmapped_gpa():
     assert r.event.qualification["gpa"] == 0x3000
     assert m.memory.read_word(0x9000) == 7  # the guest's store landed in its host frame
     assert m.memory.read_word(0x1000) == 0  # not at host-physical 0x1000
+
+
+@pytest.mark.parametrize("translated", [True, False])
+def test_bus_error_inside_a_block_is_delivered_to_the_handler(translated):
+    src = """
+        li   r1, handler
+        wrcr tvec, r1
+        li   r5, 0x7ff00000    ; no RAM, no device
+        movi r2, 1
+        ld   r3, [r5]          ; inside a translated block: machine check
+        movi r2, 2
+        hlt
+    handler:
+        rdcr r4, cause
+        hlt
+    """
+    m = Machine.with_program(src)
+    m.cpu.translated = translated
+    r = m.run(100)
+    assert r.reason is StopReason.HALTED
+    assert m.cpu.regs[4] == TrapCause.MACHINE_CHECK
+    assert m.cpu.regs[2] == 1  # the instruction after the faulting load never ran
+    assert m.cpu.crs[CR.EPC] == 0x18  # the load: li(2) + wrcr + li(2) + movi words before it

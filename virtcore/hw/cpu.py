@@ -81,6 +81,7 @@ if TYPE_CHECKING:
     from virtcore.hw.paging import MMU
 
 Event = Trap | VMExit
+_NO_DEVICE = "no RAM or device at this physical address"
 
 
 class StopReason(enum.Enum):
@@ -406,8 +407,7 @@ class CPU:
         value = self.bus.mmio_read(pa)
         self._io_touched = True
         if value is None:
-            return self._trap(TrapCause.MACHINE_CHECK, pc, address=pa,
-                              detail="no RAM or device at this physical address")
+            return self._trap(TrapCause.MACHINE_CHECK, pc, address=pa, detail=_NO_DEVICE)
         return value & MASK32
 
     def _phys_write(self, pa: int, value: int, pc: int) -> Event | bool | None:
@@ -417,8 +417,7 @@ class CPU:
         self.bus.now = self.clock
         self._io_touched = True
         if not self.bus.mmio_write(pa, value & MASK32):
-            return self._trap(TrapCause.MACHINE_CHECK, pc, address=pa,
-                              detail="no RAM or device at this physical address")
+            return self._trap(TrapCause.MACHINE_CHECK, pc, address=pa, detail=_NO_DEVICE)
         return True
 
     # slow paths called from translated blocks ---------------------------
@@ -428,26 +427,23 @@ class CPU:
     # A translated block updates the clock only when it returns; ``done`` is
     # the number of instructions it completed before this one, so devices
     # see the same time as under the interpreter (this instruction's tick).
+    # A failed access is left pending for run() to turn into a trap, exactly
+    # as the interpreter would have.
     def _block_mmio_read(self, pa: int, pc: int, done: int) -> int | None:
-        self.clock += done + 1
-        try:
-            v = self._phys_read(pa, pc)
-        finally:
-            self.clock -= done + 1
-        if isinstance(v, int):
-            return v
-        self._pending = (v, 0, pc) if v is not None else ("delivered", 0, pc)  # type: ignore[assignment]
-        return None
+        self.bus.now = self.clock + done + 1
+        self._io_touched = True
+        value = self.bus.mmio_read(pa)
+        if value is None:
+            self._pending = (TrapCause.MACHINE_CHECK, pa, pc)
+            return None
+        return value & MASK32
 
     def _block_mmio_write(self, pa: int, value: int, pc: int, done: int) -> bool:
-        self.clock += done + 1
-        try:
-            r = self._phys_write(pa, value, pc)
-        finally:
-            self.clock -= done + 1
-        if r is True:
+        self.bus.now = self.clock + done + 1
+        self._io_touched = True
+        if self.bus.mmio_write(pa, value & MASK32):
             return True
-        self._pending = (r, 0, pc) if r is not None else ("delivered", 0, pc)  # type: ignore[assignment]
+        self._pending = (TrapCause.MACHINE_CHECK, pa, pc)
         return False
 
     # ------------------------------------------------------------------
@@ -922,13 +918,10 @@ class CPU:
         cause, address, pc = self._pending  # type: ignore[misc]
         self._pending = None
         self.pc = pc
-        if cause == "delivered":
-            return None
-        if isinstance(cause, (Trap, VMExit)):
-            return cause
         if isinstance(cause, PageFault):
             return self._fault(cause, pc)
-        return self._trap(cause, pc, address=address)
+        detail = _NO_DEVICE if cause is TrapCause.MACHINE_CHECK else ""
+        return self._trap(cause, pc, address=address, detail=detail)
 
     def _stop(self, ev: Event, executed: int, log: list[TraceEntry] | None) -> RunResult:
         reason = StopReason.VMEXIT if isinstance(ev, VMExit) else StopReason.TRAP
