@@ -420,3 +420,13 @@ def test_bus_error_inside_a_block_is_delivered_to_the_handler(translated):
     assert m.cpu.regs[4] == TrapCause.MACHINE_CHECK
     assert m.cpu.regs[2] == 1  # the instruction after the faulting load never ran
     assert m.cpu.crs[CR.EPC] == 0x18  # the load: li(2) + wrcr + li(2) + movi words before it
+
+
+def test_guest_written_cr3_never_raises_in_the_simulator():
+    m, r = run("li r1, 0x1234\n wrcr cr3, r1\n hlt")  # low bits are flag bits: ignored
+    assert r.reason is StopReason.HALTED
+    assert m.mmu.root == 0x1000
+    tiny = Machine.with_program("li r1, 0xffffffe0\n wrcr cr3, r1\n hlt", memory_size=2048,
+                                paging=PagingConfig.tiny())
+    r = tiny.run(10)
+    assert r.reason is StopReason.TRAP and r.event.cause is TrapCause.GENERAL_PROTECTION

@@ -74,6 +74,7 @@ from virtcore.hw.isa import (
     decode,
     sext16,
 )
+from virtcore.hw.paging import PFN_LIMIT
 
 if TYPE_CHECKING:
     from virtcore.hw.devices import Bus
@@ -348,7 +349,8 @@ class CPU:
             self.mmu.enabled = bool(value & CR0_PG)
             self.flush_tlb()
         elif cr is CR.CR3:
-            self.mmu.set_root(value)
+            # x86 keeps flag bits (PWT, PCD) below the page base; they are ignored here
+            self.mmu.set_root(value & ~self.mmu.config.offset_mask)
             self.itlb.flush()
 
     def flush_tlb(self) -> None:
@@ -765,7 +767,12 @@ class CPU:
         if vmcs is not None and CR(imm) in vmcs.cr_exiting:
             return self._exit(ExitReason.CR_ACCESS, pc, cr=CR(imm).name, access="write",
                               value=self.regs[rs])
-        self.write_cr(CR(imm), self.regs[rs])
+        value = self.regs[rs]
+        if imm == CR.CR3 and value >> self.mmu.config.page_bits >= PFN_LIMIT:
+            # reserved bits set in CR3: #GP on x86, never an exception of the simulator
+            return self._trap(TrapCause.GENERAL_PROTECTION, pc,
+                              detail=f"cr3 value {value:#x} beyond physical frames")
+        self.write_cr(CR(imm), value)
         self._next()
         return None
 
