@@ -430,3 +430,10 @@ def test_guest_written_cr3_never_raises_in_the_simulator():
                                 paging=PagingConfig.tiny())
     r = tiny.run(10)
     assert r.reason is StopReason.TRAP and r.event.cause is TrapCause.GENERAL_PROTECTION
+
+
+def test_halted_cpu_waiting_on_a_masked_line_still_ends():
+    m = Machine.with_program("movi r1, 10\n out 0x40, r1\n sti\n hlt")
+    m.irq.mask = 1  # timer line masked: the CPU can never wake
+    r = m.run(50)
+    assert r.reason is StopReason.BUDGET and r.steps == 50

@@ -822,12 +822,15 @@ class CPU:
 
     # ------------------------------------------------------------------
     def run(self, max_steps: int = 1_000_000, *, trace: bool = False) -> RunResult:
-        """Run until halt, an event for the caller, or ``max_steps`` instructions.
+        """Run until halt, an event for the caller, or the step budget is spent.
 
         Parameters
         ----------
         max_steps : int
-            The step budget: at most this many instructions are executed.
+            The step budget.  A step is an instruction executed, a trap
+            delivered to the in-machine handler, or one wait of a halted CPU
+            for the next device event — so a run always ends, even when a
+            handler traps forever or a halted CPU waits on a masked line.
         trace : bool
             Record every instruction (uses the reference interpreter only).
 
@@ -859,7 +862,10 @@ class CPU:
                                          and self.vmcs.external_interrupt_exiting)
                 if deadline is None or not wakeable:
                     return RunResult(StopReason.HALTED, executed, None, _tup(log))
+                if executed >= max_steps:
+                    return RunResult(StopReason.BUDGET, executed, None, _tup(log))
                 self.clock = max(self.clock, deadline)
+                executed += 1  # waiting for the next device event is a step
                 continue
             avail = max_steps - executed
             if avail <= 0:
