@@ -701,8 +701,12 @@ def test_nesting_multiplies_only_virtualization_overhead():
     assert io == sorted(io) and len(set(io)) == 4
     # level 1 is exactly an ordinary KVM guest
     assert nested_cost(Event.IO, 1) == workload_cost(hybrid(), {Event.IO: 1}, hardware_assist=True)
+    # even with no multiplication, each level's own I/O path runs through the level below
     flat = dataclasses.replace(DEFAULT_MODEL, nesting_factor=1)
-    assert nested_cost(Event.IO, 3, flat) == nested_cost(Event.IO, 1, flat)
+    flat_io = [nested_cost(Event.IO, n, flat) for n in (1, 2, 3)]
+    assert flat_io == sorted(flat_io) and len(set(flat_io)) == 3
+    assert nested_cost(Event.PRIVILEGED_INSTRUCTION, 3, flat) == nested_cost(
+        Event.PRIVILEGED_INSTRUCTION, 1, flat)
 
 
 def test_nested_stack_is_kvm_in_kvm():
@@ -716,3 +720,17 @@ def test_nested_stack_is_kvm_in_kvm():
     assert simulate_fault(s, "vmm_crash", in_="L2").affected == ("L2", "L3")
     with pytest.raises(ArchitectureError):
         kvm_nested(0)
+
+
+def test_nested_guest_io_goes_through_every_level_down_to_L0():
+    from virtcore.arch import CrossingKind, event_path, kvm_nested
+
+    path = event_path(kvm_nested(2), "io", hardware_assist=True, guest="L2")
+    layers = path.layers
+    # L2's I/O exits to L1's KVM, L1's QEMU asks L1's kernel, whose own I/O exits to L0
+    assert layers.index("L1 QEMU") < layers.index("L1 kernel") < layers.index("L0 kvm")
+    assert "L0 QEMU" in layers and "L0 kernel" in layers
+    device = [s for s in path.steps if s.kind is CrossingKind.DEVICE]
+    assert [(s.src, s.dst) for s in device] == [("L0 kernel", "hardware")]
+    one = event_path(kvm_nested(1), "io", hardware_assist=True, guest="L1")
+    assert path.count(CrossingKind.VM_EXIT) > one.count(CrossingKind.VM_EXIT)

@@ -90,10 +90,9 @@ def test_every_step_of_a_path_is_an_edge_of_the_graph(stack, path) -> None:
             assert g.has_edge(step.src, step.dst), step
             assert i in g.edges[step.src, step.dst]["steps"]
             assert step.kind.value in g.edges[step.src, step.dst]["crossings"]
-    # device work and interrupts follow the stack's own edges (one way or the other); the
-    # nested stack is left out: its L1 kernel's I/O is priced as if L1 drove the device
+    # device work and interrupts follow the stack's own edges (one way or the other)
     structural = {(e.lower, e.upper) for e in stack.edges}
-    for step in path.steps if not stack.name.startswith("kvm nested") else ():
+    for step in path.steps:
         if step.kind in (CrossingKind.DEVICE, CrossingKind.INTERRUPT):
             assert (step.src, step.dst) in structural or (step.dst, step.src) in structural
 

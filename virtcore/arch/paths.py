@@ -355,6 +355,25 @@ def _kernel_below(stack: Stack, name: str) -> str:
     raise ArchitectureError(f"{name!r} in {stack.name!r} runs on no kernel")
 
 
+def _kernel_does_io(stack: Stack, kernel: str, hw: str) -> list[Step]:
+    """A kernel drives the device — unless that kernel is itself a guest (nesting):
+    then its driver's I/O instruction exits to *its* monitor, whose own I/O path
+    runs one level down, and the guest kernel resumes with the data."""
+    layer = stack.layer(kernel)
+    if layer.kind is LayerKind.GUEST_KERNEL and layer.guest:
+        mon = stack.role("monitor", layer.guest).name
+        return [
+            Step(kernel, mon, CrossingKind.VM_EXIT,
+                 note=f"{layer.guest}'s own driver touches a virtual device: VM exit"),
+            *_vm_io_service(stack, layer.guest, mon, hw),
+            Step(mon, kernel, CrossingKind.VM_EXIT, note=f"back into {layer.guest} (VM entry)"),
+        ]
+    return [
+        Step(kernel, hw, CrossingKind.DEVICE, note="the host's driver does the I/O"),
+        Step(hw, kernel, CrossingKind.INTERRUPT, note="completion interrupt"),
+    ]
+
+
 def _vm_io_service(stack: Stack, guest: str, mon: str, hw: str) -> list[Step]:
     """From the monitor to the device and back to the monitor."""
     arch = stack.architecture
@@ -389,8 +408,7 @@ def _vm_io_service(stack: Stack, guest: str, mon: str, hw: str) -> list[Step]:
             ),
             Step(qemu, qemu, CrossingKind.EMULATE, note="QEMU emulates the disk controller"),
             Step(qemu, hk, CrossingKind.SYSCALL, note="QEMU issues read() to the host kernel"),
-            Step(hk, hw, CrossingKind.DEVICE, note="the host's driver does the I/O"),
-            Step(hw, hk, CrossingKind.INTERRUPT, note="completion interrupt"),
+            *_kernel_does_io(stack, hk, hw),
             Step(hk, qemu, CrossingKind.SYSCALL, note="read() returns to QEMU"),
             Step(qemu, mon, CrossingKind.CONTEXT_SWITCH, note="QEMU calls KVM_RUN again"),
         ]
