@@ -20,8 +20,8 @@ computation, system calls (which do not exit with VT-x), device work and
 page-walk references keep their price.  Device I/O is also *structurally*
 longer: the path itself follows L1's QEMU down through L1's kernel, whose own
 I/O exits to L0 and goes through L0's QEMU and kernel to the device.
-A TLB miss stays a 24-reference 2-D walk because L0 merges L1's nested tables with its own into one (shadow
-EPT) — whose upkeep is, again, exits.
+A TLB miss stays a 24-reference 2-D walk because L0 merges L1's nested
+tables with its own into one (shadow EPT) — whose upkeep is, again, exits.
 
 >>> nested_cost(Event.COMPUTE, levels=3) == nested_cost(Event.COMPUTE, levels=1)
 True
