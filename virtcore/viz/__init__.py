@@ -8,7 +8,12 @@ shows:
   disassembly, the ISA reference card, a stepper widget, trace plots.
 - :mod:`virtcore.viz.course` — the course map (chapters ↔ syllabus ids).
 - :mod:`virtcore.viz.selfcheck` — ungraded self-checks for the chapters.
-- later: ``virtcore.viz.arch``, ``virtcore.viz.sched``, ``virtcore.viz.xen`` …
+- :mod:`virtcore.viz.arch` — architecture stacks, event paths, cost plots and
+  the chapter-1 explorers.
+- :mod:`virtcore.viz.vmm` — the VM lifecycle graph and panel, pre-copy
+  migration plots, the trap stepper, the comparison of the three fixes.
+- :mod:`virtcore.viz.sched` — Gantt charts, shares, the scheduler playground.
+- :mod:`virtcore.viz.selfcheck_ch2` — chapter 2's self-check questions.
 
 Rules every module here follows:
 
