@@ -1,0 +1,750 @@
+"""Assignment 1 — trap and emulate (陷入与模拟): the students write the VMM's handlers.
+
+The student's solution cells define functions with exactly the signature of virtcore's
+handler table (:mod:`virtcore.vmm.handlers`)::
+
+    def handle_cli(vcpu, insn):          # -> Action (None counts as CONTINUE)
+        vcpu.interrupts_enabled = False
+        vcpu.pc += 4
+        return Action.CONTINUE
+
+Parts (nbgrader grade ids) and the handlers each must define:
+
+========================== ========================================== ======
+part                       handlers                                   points
+========================== ========================================== ======
+``handlers_interrupt_flag`` ``handle_cli``, ``handle_sti``, ``handle_hlt``  10
+``handlers_io``             ``handle_in``, ``handle_out``                10
+``handlers_control``        ``handle_rdcr``, ``handle_wrcr``,            15
+                            ``handle_iret``, ``handle_syscall``,
+                            ``handle_invlpg``
+``popf_binary_translation`` ``handle_pushf``, ``handle_popf`` (reached   10
+                            through binary translation: the VMM patches
+                            the sensitive-but-unprivileged pair to trap)
+========================== ========================================== ======
+
+How a part is checked: guest kernels run under virtcore's hypervisor (trap-and-emulate;
+binary translation for the POPF part) with the **student's handlers for the part's
+instructions** and virtcore's reference handlers for every other instruction — so a bug in
+one part never costs another.  Each handler call is recorded (clock, pc, instruction, and
+the vCPU's whole state after the handler: pc, FLAGS, mode, registers, control registers,
+halted, the returned action); at the end the final state is recorded (how it stopped,
+registers, FLAGS, mode, memory, serial output, clock).  The grader runs the same guest with
+the reference handlers *in its own process* and compares: the first divergence is reported,
+e.g. ``after trap #3 (cli at pc=0x8, clock 3): pc expected 0xc, got 0x8 — the cli handler
+did not advance pc (vcpu.pc += 4)``.
+
+Checks per part: *directed* guests written for the part (visible), *public* generated guests
+(:func:`virtcore.vmm.popek.generate_guest` with the fixed seeds in :data:`PUBLIC_SEEDS`,
+visible), *hidden* generated guests with per-student seeds.  Every generated guest is kept
+only if the reference run calls at least one of the part's handlers.  Step budget:
+:data:`MAX_STEPS` guest instructions per run (the longest reference run of 600 generated
+guests takes ~700).
+
+>>> [p.grade_id for p in SPEC.parts]
+['handlers_interrupt_flag', 'handlers_io', 'handlers_control', 'popf_binary_translation']
+>>> SPEC.points
+45
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from autograder.spec import AssignmentSpec, Check, Part
+
+__all__ = [
+    "CASE_TIMEOUT",
+    "CELL_TIMEOUT",
+    "DIRECTED",
+    "FORBIDDEN",
+    "HANDLERS",
+    "HIDDEN_CASES",
+    "MAX_STEPS",
+    "PUBLIC_SEEDS",
+    "REFERENCES",
+    "SPEC",
+    "build",
+    "cases",
+    "compare",
+    "run_case",
+    "trace_guest",
+    "worker_setup",
+]
+
+#: Part → the instructions whose handlers the student writes (``handle_<mnemonic>``).
+HANDLERS: dict[str, tuple[str, ...]] = {
+    "handlers_interrupt_flag": ("cli", "sti", "hlt"),
+    "handlers_io": ("in", "out"),
+    "handlers_control": ("rdcr", "wrcr", "iret", "syscall", "invlpg"),
+    "popf_binary_translation": ("pushf", "popf"),
+}
+_PREFIX = {"handlers_interrupt_flag": "interrupt_flag", "handlers_io": "io",
+           "handlers_control": "control", "popf_binary_translation": "popf"}
+_TECHNIQUE = {"popf_binary_translation": "bt"}
+
+#: Guest instructions per run (each run; the reference never needs more than ~700).
+MAX_STEPS = 3000
+#: Generated guests per hidden check.
+HIDDEN_CASES = 6
+#: Body length of generated guests (:func:`~virtcore.vmm.popek.generate_guest`).
+GUEST_LENGTH = 40
+CASE_TIMEOUT = 3.0
+CELL_TIMEOUT = 5.0
+_MAX_TRAPS = 4000
+
+#: The fixed seeds of the public (visible) generated guests — the same for every student.
+PUBLIC_SEEDS: dict[str, tuple[int, ...]] = {
+    "interrupt_flag_public": (1, 2, 3),
+    "io_public": (4, 5, 6),
+    "control_public": (7, 8, 9),
+    "popf_public": (10, 11, 12),
+}
+
+
+def _part(grade_id: str, points: tuple[float, float, float], description: str) -> Part:
+    pre = _PREFIX[grade_id]
+    names = ", ".join(f"handle_{m}" for m in HANDLERS[grade_id])
+    d, p, h = points
+    return Part(grade_id, d + p + h, (
+        Check(f"{pre}_directed", d, False,
+              f"directed guests for {', '.join(HANDLERS[grade_id])}"),
+        Check(f"{pre}_public", p, False, "generated guests with the public seeds"),
+        Check(f"{pre}_hidden", h, True, "generated guests with your own hidden seeds"),
+    ), f"{description} ({names})", tuple(f"handle_{m}" for m in HANDLERS[grade_id]))
+
+
+SPEC = AssignmentSpec(
+    name="a1_trap_and_emulate",
+    notebook="trap_and_emulate.ipynb",
+    title="Trap and emulate: the VMM handlers",
+    parts=(
+        _part("handlers_interrupt_flag", (3, 3, 4),
+              "the virtual interrupt flag and waiting: cli, sti, hlt"),
+        _part("handlers_io", (3, 3, 4), "port I/O on the VM's own virtual devices: in, out"),
+        _part("handlers_control", (4, 4, 7),
+              "virtual control registers, return from trap and system calls: rdcr, wrcr,"
+              " iret, syscall, invlpg"),
+        _part("popf_binary_translation", (4, 2, 4),
+              "the POPF problem: pushf/popf, made to trap by binary translation"),
+    ),
+)
+
+_REFS = tuple(f"handle_{m}" for m in
+              ("cli", "sti", "hlt", "in", "out", "rdcr", "wrcr", "iret", "invlpg", "syscall",
+               "hcall", "pushf", "popf"))
+
+#: Switched off in the worker before student code runs.
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "virtcore.vmm.handlers": (*_REFS, "_REFERENCE", "HandlerTable.reference"),
+}
+
+#: Flagged by the static scan (every path they can be reached by).
+FORBIDDEN: tuple[str, ...] = (
+    *(f"virtcore.vmm.handlers.{n}" for n in _REFS),
+    "virtcore.vmm.handlers._REFERENCE",
+    "virtcore.vmm.handlers.HandlerTable.reference",
+    "virtcore.vmm.HandlerTable.reference",
+)
+
+_HANDLER = """
+; ---- the guest kernel's trap handler: counts traps, steps over faults, one timer tick
+handler: push r4
+        push r5
+        li   r5, 0x2100
+        ld   r4, [r5+0]
+        addi r4, 1
+        st   r4, [r5+0]          ; traps taken
+        rdcr r4, cause
+        st   r4, [r5+4]          ; the last cause
+        cmpi r4, 32
+        jlt  h_sync
+        cmpi r4, 48
+        jlt  h_irq
+h_sync: rdcr r4, epc             ; synchronous: step over the instruction
+        addi r4, 4
+        wrcr epc, r4
+        rdcr r4, cause
+        cmpi r4, 0x80
+        jnz  h_out
+        rdcr r4, estatus         ; a syscall returns to kernel mode
+        li   r5, 0xfffeffff
+        and  r4, r5
+        wrcr estatus, r4
+        jmp  h_out
+h_irq:  movi r4, 0
+        out  0x40, r4            ; one tick is enough: stop the timer
+h_out:  pop  r5
+        pop  r4
+        iret
+"""
+
+#: Directed guests per part: (name, assembly source).  Visible: the notebook may show them.
+DIRECTED: dict[str, tuple[tuple[str, str], ...]] = {
+    "handlers_interrupt_flag": (
+        ("cli-sti", "cli\nsti\ncli\nsti\ncli\nhlt"),
+        ("wait-for-timer", """
+start:  li   r1, handler
+        wrcr tvec, r1
+        movi r2, 50
+        out  0x40, r2            ; a timer tick every 50 ticks
+        sti
+        hlt                      ; wait for it
+        movi r3, 7
+        cli
+        hlt
+""" + _HANDLER),
+        ("wait-twice", """
+start:  li   r1, handler
+        wrcr tvec, r1
+        movi r2, 30
+        out  0x40, r2
+        cli
+        sti
+        hlt
+        movi r2, 40
+        out  0x40, r2
+        sti
+        nop
+        hlt
+        cli
+        hlt
+""" + _HANDLER),
+    ),
+    "handlers_io": (
+        ("serial", """
+        movi r1, 'o'
+        out  0x3f8, r1
+        movi r1, 'k'
+        out  0x3f8, r1
+        in   r2, 0x3fd           ; line status
+        in   r3, 0x80            ; nobody there: floats high
+        out  0x80, r1            ; ignored
+        in   r4, 0x3fb
+        cli
+        hlt
+"""),
+        ("timer", """
+start:  li   r1, handler
+        wrcr tvec, r1
+        movi r2, 25
+        out  0x40, r2
+        in   r6, 0x40
+        sti
+        hlt
+        in   r4, 0x40
+        movi r1, '!'
+        out  0x3f8, r1
+        cli
+        hlt
+""" + _HANDLER),
+    ),
+    "handlers_control": (
+        ("registers", """
+        li   r1, 0x1234
+        wrcr cr2, r1
+        rdcr r2, cr2
+        li   r1, 0x3000
+        wrcr cr3, r1
+        rdcr r3, cr3
+        invlpg r1
+        li   r1, 0x40
+        wrcr tvec, r1
+        rdcr r4, tvec
+        rdcr r6, cr0
+        movi r1, 0
+        wrcr cr0, r1
+        cli
+        hlt
+"""),
+        ("syscall", """
+start:  li   r1, handler
+        wrcr tvec, r1
+        movi r0, 3
+        syscall
+        li   r5, 0x2100
+        ld   r2, [r5+4]          ; the cause the handler saw
+        rdcr r3, epc
+        movi r0, 5
+        syscall
+        cli
+        hlt
+""" + _HANDLER),
+        ("user-mode", """
+start:  li   r1, handler
+        wrcr tvec, r1
+        li   r3, user
+        wrcr epc, r3
+        li   r3, 0x10202
+        wrcr estatus, r3
+        iret                     ; to user mode, IF on
+user:   movi r1, 5
+        cli                      ; privileged in user mode: #GP into the guest kernel
+        rdcr r2, cr2             ; again
+        movi r0, 1
+        syscall                  ; back to kernel mode
+        rdcr r4, estatus
+        cli
+        hlt
+""" + _HANDLER),
+    ),
+    "popf_binary_translation": (
+        ("irq-save-restore", ""),  # virtcore.vmm.fixes.POPF_GUEST, filled in below
+        ("pushf-sees-virtual-if", """
+        sti
+        pushf
+        pop  r1
+        cli
+        pushf
+        pop  r2
+        li   r3, 0x283
+        push r3
+        popf
+        pushf
+        pop  r4
+        li   r3, 0x2
+        push r3
+        popf
+        hlt
+"""),
+        ("popf-in-user-mode", """
+start:  li   r1, handler
+        wrcr tvec, r1
+        li   r3, user
+        wrcr epc, r3
+        li   r3, 0x10202
+        wrcr estatus, r3
+        iret                     ; user mode, IF on
+user:   li   r3, 0x2
+        push r3
+        popf                     ; user mode: IF must stay on
+        pushf
+        pop  r2
+        movi r0, 1
+        syscall
+        cli
+        hlt
+""" + _HANDLER),
+    ),
+}
+
+
+def _fill_popf_guest() -> None:
+    from virtcore.vmm.fixes import POPF_GUEST
+
+    rows = DIRECTED["popf_binary_translation"]
+    DIRECTED["popf_binary_translation"] = (("irq-save-restore", POPF_GUEST), *rows[1:])
+
+
+_fill_popf_guest()
+
+
+# ------------------------------------------------------------------------------ running
+
+
+class _AbortError(Exception):
+    """Stops the hypervisor after a handler raised (the error is already recorded)."""
+
+
+def _num(x: object) -> object:
+    """A JSON-safe value for a piece of vCPU state (ints stay ints)."""
+    if type(x) is int or type(x) is bool:
+        return int(x)
+    try:
+        import enum
+
+        if isinstance(x, enum.Enum):
+            return str(x.name).lower()
+    except Exception:  # pragma: no cover
+        pass
+    r = repr(x)
+    return r if len(r) <= 80 else r[:79] + "…"
+
+
+def _action(a: object) -> str:
+    from virtcore.vmm.handlers import Action
+
+    if a is None:
+        return "continue"
+    if isinstance(a, Action):
+        return a.value
+    return f"not an Action: {_num(a)}"
+
+
+def _snapshot(vcpu: Any) -> list[object]:
+    from virtcore.hw.isa import CR
+
+    try:
+        regs = [_num(r) for r in list(vcpu.regs)[:16]]
+    except Exception:
+        regs = ["?"]
+    try:
+        crs = [_num(vcpu.crs.get(c)) for c in CR]
+    except Exception:
+        crs = ["?"]
+    mode = getattr(vcpu, "mode", None)
+    return [_num(getattr(vcpu, "pc", None)), _num(getattr(vcpu, "flags", None)),
+            _num(mode), int(bool(getattr(vcpu, "halted", False))), regs, crs]
+
+
+def trace_guest(handlers: dict[str, Callable[..., Any]], case: dict[str, Any],
+                student: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the case's guest under the hypervisor with ``handlers``; return its trace (JSON data).
+
+    The same function produces the student's trace (in the worker) and the reference trace
+    (in the grader, with :func:`~virtcore.vmm.HandlerTable.reference`'s handlers).  An
+    exception raised by a handler listed in ``student`` stops the run and is recorded under
+    ``"error"`` with the student's own traceback.
+
+    >>> from virtcore.vmm.handlers import HandlerTable
+    >>> case = _case_from_source("t", "cli\\nhlt", None, "trap")
+    >>> t = trace_guest(dict(HandlerTable.reference()), case)
+    >>> t["stop"], [(r[2], hex(r[3])) for r in t["traps"]]
+    ('halted', [('cli', '0x4'), ('hlt', '0x8')])
+    """
+    from virtcore.hw.asm import Program
+    from virtcore.vmm.handlers import HandlerTable
+    from virtcore.vmm.hypervisor import Hypervisor
+
+    traps: list[list[object]] = []
+    info: dict[str, Any] = {"ntraps": 0}
+
+    def wrap(mnemonic: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        mine = mnemonic in student
+
+        def recorded(vcpu: Any, insn: Any) -> Any:
+            clock = vcpu.vm.clock
+            pc = insn.pc
+            info["ntraps"] += 1
+            try:
+                action = fn(vcpu, insn)
+            except MemoryError:
+                raise
+            except Exception as e:
+                if not mine:
+                    raise
+                from autograder.worker import student_traceback
+
+                info["error"] = {"at": len(traps), "clock": clock, "pc": pc,
+                                 "mnemonic": mnemonic, "message": student_traceback(e),
+                                 "type": type(e).__name__}
+                raise _AbortError() from None
+            if len(traps) < _MAX_TRAPS:
+                done = getattr(vcpu, "done", None)
+                traps.append([clock, pc, mnemonic, *_snapshot(vcpu), _action(action),
+                              done if isinstance(done, str) else _num(done)])
+            return action
+
+        return recorded
+
+    table = HandlerTable({m: wrap(m, fn) for m, fn in handlers.items()})
+    program = Program(list(case["words"]), int(case["origin"]))
+    hv = Hypervisor(handlers=table)
+    # Short runs: the reference interpreter beats translating every block first (same results).
+    hv.cpu.translated = False
+    vm = hv.create("guest", int(case["pages"]), program=program, technique=case["technique"],
+                   on_violation="reflect", handlers=table)
+    try:
+        hv.run(int(case["max_steps"]))
+    except _AbortError:
+        pass
+    except MemoryError:
+        raise
+    except Exception as e:  # the VMM refused what a handler did (e.g. a bad return value)
+        from autograder.worker import student_traceback
+
+        where = traps[-1] if traps else None
+        info["error"] = {"at": len(traps), "clock": where[0] if where else 0,
+                         "pc": where[1] if where else 0,
+                         "mnemonic": where[2] if where else "?",
+                         "message": student_traceback(e), "type": type(e).__name__,
+                         "after": True}
+    v = vm.vcpus[0]
+    try:
+        words = vm.memory_words()
+    except Exception:
+        words = []
+    memory = [[i, w] for i, w in enumerate(words) if w]
+    out: dict[str, Any] = {
+        "stop": (v.done if isinstance(v.done, str) else "budget") if "error" not in info
+        else "error",
+        "pc": _num(v.pc), "flags": _num(v.flags), "mode": _num(v.mode),
+        "regs": [_num(r) for r in list(v.regs)[:16]],
+        "serial": bytes(vm.serial.output).hex(), "clock": vm.clock,
+        "memory": memory, "traps": traps, "ntraps": info["ntraps"],
+        "repeats": [int(v.worst_repeats[0]), int(v.worst_repeats[1])],
+    }
+    if "error" in info:
+        out["error"] = info["error"]
+    return out
+
+
+def _case_from_source(label: str, source: str, seed: int | None, technique: str,
+                      pages: int = 4) -> dict[str, Any]:
+    from virtcore.hw.asm import assemble
+
+    prog = assemble(source)
+    return {"label": label, "seed": seed, "words": list(prog.words), "origin": prog.origin,
+            "pages": pages, "technique": technique, "max_steps": MAX_STEPS}
+
+
+def _case_from_seed(label: str, seed: int, grade_id: str) -> dict[str, Any]:
+    from virtcore.vmm.popek import generate_guest
+
+    popf = grade_id == "popf_binary_translation"
+    g = generate_guest(seed, length=GUEST_LENGTH, popf=popf)
+    return {"label": label, "seed": seed, "words": list(g.program.words),
+            "origin": g.program.origin, "pages": g.memory_pages,
+            "technique": _TECHNIQUE.get(grade_id, "trap"), "max_steps": MAX_STEPS}
+
+
+_REF_CACHE: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+
+def _reference(case: dict[str, Any]) -> dict[str, Any]:
+    """The reference trace of a case (computed in the grader's process, cached)."""
+    key = json.dumps([case["words"], case["origin"], case["pages"], case["technique"],
+                      case["max_steps"]])
+    hit = _REF_CACHE.get(key)
+    if hit is not None:
+        _REF_CACHE.move_to_end(key)
+        return hit
+    from virtcore.vmm.handlers import HandlerTable
+
+    out = trace_guest(dict(HandlerTable.reference()), case)
+    _REF_CACHE[key] = out
+    if len(_REF_CACHE) > 512:
+        _REF_CACHE.popitem(last=False)
+    return out
+
+
+def cases(part: Part, check: Check, seed_of: Callable[[int], int]) -> list[dict[str, Any]]:
+    """The cases of ``check`` (see :mod:`autograder.assignments`).
+
+    >>> part = SPEC.part("handlers_io")
+    >>> [c["label"] for c in cases(part, part.checks[0], lambda k: k)]
+    ["directed guest 'serial'", "directed guest 'timer'"]
+    >>> [c["seed"] for c in cases(part, part.checks[1], lambda k: k)]
+    [4, 5, 6]
+    """
+    gid = part.grade_id
+    tech = _TECHNIQUE.get(gid, "trap")
+    if check.name.endswith("_directed"):
+        return [_case_from_source(f"directed guest {name!r}", src, None, tech)
+                for name, src in DIRECTED[gid]]
+    if not check.hidden:
+        return [_case_from_seed(f"public guest seed={s}", s, gid)
+                for s in PUBLIC_SEEDS[check.name]]
+    out: list[dict[str, Any]] = []
+    mine = set(HANDLERS[gid])
+    k = 0
+    while len(out) < HIDDEN_CASES and k < 20 * HIDDEN_CASES:
+        seed = seed_of(k)
+        k += 1
+        case = _case_from_seed(f"hidden guest #{len(out) + 1}", seed, gid)
+        if any(r[2] in mine for r in _reference(case)["traps"]):
+            out.append(case)
+    return out
+
+
+def worker_setup(grade_id: str) -> dict[str, Callable[..., Any]]:
+    """In the worker, before the references go: the handlers *other* parts are graded on."""
+    from virtcore.vmm.handlers import HandlerTable
+
+    return {m: fn for m, fn in HandlerTable.reference().items() if m not in HANDLERS[grade_id]}
+
+
+def build(namespace: dict[str, Any], grade_id: str,
+          setup: dict[str, Callable[..., Any]]) -> dict[str, Any]:
+    """The student's handlers for the part, from the executed cells (BuildError if missing)."""
+    from autograder.worker import BuildError
+
+    mine: dict[str, Callable[..., Any]] = {}
+    missing = []
+    for m in HANDLERS[grade_id]:
+        fn = namespace.get(f"handle_{m}")
+        if fn is None:
+            missing.append(f"handle_{m}")
+        elif not callable(fn):
+            raise BuildError(f"handle_{m} is not a function (it is {type(fn).__name__})")
+        else:
+            mine[m] = fn
+    if missing:
+        need = ", ".join(f"handle_{m}" for m in HANDLERS[grade_id])
+        raise BuildError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not"
+                         f" defined: the cell {grade_id} must define {need}")
+    return {"handlers": {**setup, **mine}, "student": tuple(mine)}
+
+
+def run_case(impl: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
+    """In the worker: the student's trace of one case."""
+    return trace_guest(impl["handlers"], case, impl["student"])
+
+
+# ---------------------------------------------------------------------------- comparing
+
+def _insn_text(case: dict[str, Any], pc: object) -> str:
+    from virtcore.hw.asm import format_instruction
+
+    try:
+        i = (int(pc) - int(case["origin"])) // 4  # type: ignore[call-overload]
+        return format_instruction(case["words"][i], int(pc))  # type: ignore[call-overload]
+    except Exception:
+        return "?"
+
+
+def _hexv(v: object) -> str:
+    return hex(v) if type(v) is int else str(v)
+
+
+def _diff_record(e: list[Any], g: list[Any]) -> list[str]:
+    """Field differences of two trap records (after-handler states), in words."""
+    out = []
+    from virtcore.hw.isa import CR, FLAG_IF
+
+    labels = ["pc", "FLAGS", "mode", "halted"]
+    for i, name in enumerate(labels):
+        a, b = e[3 + i], g[3 + i]
+        if a != b:
+            if name == "FLAGS" and type(a) is int and type(b) is int and (a ^ b) & FLAG_IF:
+                out.append(f"virtual IF expected {int(bool(a & FLAG_IF))}, got"
+                           f" {int(bool(b & FLAG_IF))} (FLAGS {a:#x} vs {b:#x})")
+            elif name == "halted":
+                out.append(f"halted expected {bool(a)}, got {bool(b)}")
+            else:
+                out.append(f"{name} expected {_hexv(a)}, got {_hexv(b)}")
+    er, gr = e[7], g[7]
+    if er != gr:
+        if len(er) != len(gr):
+            out.append(f"registers expected {len(er)} values, got {len(gr)}")
+        else:
+            for i, (a, b) in enumerate(zip(er, gr)):
+                if a != b:
+                    out.append(f"r{i} expected {_hexv(a)}, got {_hexv(b)}")
+    ec, gc = e[8], g[8]
+    if ec != gc:
+        names = [c.name for c in CR]
+        if len(ec) != len(gc):
+            out.append("control registers changed shape")
+        else:
+            for n, a, b in zip(names, ec, gc):
+                if a != b:
+                    out.append(f"virtual {n} expected {_hexv(a)}, got {_hexv(b)}")
+    if e[9] != g[9]:
+        out.append(f"returned action expected {e[9]!r}, got {g[9]!r}")
+    if e[10] != g[10]:
+        out.append(f"vCPU stop reason expected {e[10]!r}, got {g[10]!r}")
+    return out
+
+
+def _valid(got: object) -> bool:
+    if not isinstance(got, dict):
+        return False
+    need = {"stop": str, "traps": list, "serial": str, "memory": list, "clock": int}
+    if not all(isinstance(got.get(k), t) for k, t in need.items()):
+        return False
+    return all(isinstance(r, list) and len(r) == 11 for r in got["traps"])
+
+
+def compare(part: Part, check: Check, case: dict[str, Any], got: Any) -> str | None:
+    """Compare the student's trace with the reference (computed here); None when equal.
+
+    >>> from virtcore.vmm.handlers import HandlerTable
+    >>> case = _case_from_source("t", "cli\\nhlt", None, "trap")
+    >>> part = SPEC.part("handlers_interrupt_flag")
+    >>> ref = dict(HandlerTable.reference())
+    >>> compare(part, part.checks[0], case, trace_guest(ref, case)) is None
+    True
+    >>> def lazy_cli(vcpu, insn):
+    ...     vcpu.interrupts_enabled = False
+    >>> got = trace_guest({**ref, "cli": lazy_cli}, case, ("cli",))
+    >>> print(compare(part, part.checks[0], case, got))  # doctest: +NORMALIZE_WHITESPACE
+    after trap #1 (cli at pc=0x0, clock 1): pc expected 0x4, got 0x0 —
+    the cli handler did not advance pc (vcpu.pc += 4)
+    """
+    if not _valid(got):
+        return "the worker returned no usable trace for this guest"
+    exp = _reference(case)
+    mine = set(HANDLERS[part.grade_id])
+    et, gt = exp["traps"], got["traps"]
+    for i, (e, g) in enumerate(zip(et, gt)):
+        if e == g:
+            continue
+        if e[:3] != g[:3]:
+            return (f"trap #{i + 1}: expected the guest to trap at pc={_hexv(e[1])}"
+                    f" ({_insn_text(case, e[1])}) at clock {e[0]}, but it trapped at"
+                    f" pc={_hexv(g[1])} ({_insn_text(case, g[1])}) at clock {g[0]} — an"
+                    " earlier handler left the guest in a different state")
+        diffs = _diff_record(e, g)
+        where = (f"after trap #{i + 1} ({_insn_text(case, e[1])} at pc={_hexv(e[1])},"
+                 f" clock {e[0]})")
+        msg = f"{where}: {'; '.join(diffs[:4])}"
+        if e[3] != g[3] and g[3] == e[1] and e[3] == e[1] + 4 and e[2] in mine:
+            msg += f" — the {e[2]} handler did not advance pc (vcpu.pc += 4)"
+        return msg
+    err = got.get("error")
+    if isinstance(err, dict) and err.get("at") == len(gt) and len(et) >= len(gt):
+        text = str(err.get("message", ""))
+        if err.get("after"):
+            return (f"after trap #{len(gt)} the hypervisor stopped: {text}"
+                    if gt else f"the hypervisor stopped: {text}")
+        pc = err.get("pc")
+        return (f"trap #{len(gt) + 1} ({_insn_text(case, pc)} at pc={_hexv(pc)}, clock"
+                f" {err.get('clock')}): your handle_{err.get('mnemonic')} raised:\n{text}")
+    if len(et) != len(gt):
+        if len(gt) < len(et):
+            e = et[len(gt)]
+            return (f"expected {len(et)} traps, the guest stopped after {len(gt)}"
+                    f" ({got['stop']!r}); next expected: {_insn_text(case, e[1])} at"
+                    f" pc={_hexv(e[1])}, clock {e[0]}")
+        g = gt[len(et)]
+        hint = ""
+        if got["stop"] == "budget" and exp["stop"] != "budget":
+            count, pc = (got.get("repeats") or [0, 0])[:2]
+            hint = (f"; the guest did not finish within {case['max_steps']} steps"
+                    + (f" and trapped {count + 1} times in a row at pc={_hexv(pc)}"
+                       f" ({_insn_text(case, pc)})" if count >= 2 else ""))
+        return (f"expected {len(et)} traps, got more: trap #{len(et) + 1} at"
+                f" pc={_hexv(g[1])} ({_insn_text(case, g[1])}), clock {g[0]}{hint}")
+    return _final_diff(exp, got, case)
+
+
+def _final_diff(exp: dict[str, Any], got: dict[str, Any], case: dict[str, Any]) -> str | None:
+    out = []
+    if exp["stop"] != got["stop"]:
+        out.append(f"stopped: expected {exp['stop']!r}, got {got['stop']!r}")
+    for k in ("pc", "flags", "mode"):
+        if exp.get(k) != got.get(k):
+            out.append(f"final {k} expected {_hexv(exp.get(k))}, got {_hexv(got.get(k))}")
+    er, gr = exp.get("regs"), got.get("regs")
+    if er != gr and isinstance(er, list) and isinstance(gr, list):
+        for i, (a, b) in enumerate(zip(er, gr)):
+            if a != b:
+                out.append(f"final r{i} expected {_hexv(a)}, got {_hexv(b)}")
+    if exp["serial"] != got["serial"]:
+        out.append(f"serial output expected {bytes.fromhex(exp['serial'])!r}, got"
+                   f" {_serial(got['serial'])!r}")
+    if exp["clock"] != got["clock"]:
+        out.append(f"clock expected {exp['clock']}, got {got['clock']}")
+    if exp["memory"] != got["memory"]:
+        em = dict(exp["memory"])
+        gm = {i: w for i, w in got["memory"] if isinstance(i, int)} if all(
+            isinstance(x, list) and len(x) == 2 for x in got["memory"]) else {}
+        for i in sorted(set(em) | set(gm)):
+            if em.get(i, 0) != gm.get(i, 0):
+                out.append(f"memory word at {4 * i:#x} expected {em.get(i, 0):#x}, got"
+                           f" {_hexv(gm.get(i, 0))}")
+                break
+    if not out:
+        return None
+    return "final state: " + "; ".join(out[:4])
+
+
+def _serial(hexstr: str) -> bytes | str:
+    try:
+        return bytes.fromhex(hexstr)
+    except ValueError:
+        return hexstr

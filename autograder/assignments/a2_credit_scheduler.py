@@ -1,0 +1,619 @@
+"""Assignment 2 — vCPU scheduling (虚拟CPU调度): Xen's credit scheduler on virtcore.sched.
+
+The student's solution cells must leave a class ``StudentCredit`` in the namespace: a
+subclass of :class:`virtcore.sched.Scheduler` that can be built with no arguments (how the
+class is split over the cells — one class per cell, mixins, methods attached later — is the
+notebook's choice).
+
+Parts (nbgrader grade ids), each checked on its own workloads so that a bug in one costs
+only that part:
+
+======================= ================================================== ======
+part                    what is checked                                    points
+======================= ================================================== ======
+``credit_accounting``   CPU-bound domains on one pCPU: each domain's share   15
+                        follows its weight (burn 10 credits/ms, earn every
+                        30 ms in proportion to weight)
+``credit_boost``        one pCPU, CPU hogs plus interactive and I/O          10
+                        domains: a waking vCPU with credit left runs at once
+                        (BOOST) — low wake-up latency — and BOOST does not
+                        buy more than the fair share (it ends at the tick)
+``credit_caps``         capped domains on one pCPU: never more than the     10
+                        cap (also on an otherwise idle host), not much
+                        less; uncapped domains keep the rest
+``credit_multi_pcpu``   2–4 pCPUs, more vCPUs than pCPUs, CPU- and I/O-      10
+                        bound: no pCPU idles while an uncapped vCPU waits
+                        (work conserving: steal from other run queues),
+                        as busy as the reference, nobody starved
+======================= ================================================== ======
+
+How a case is checked: the worker simulates the case's domains with ``StudentCredit()``
+(:func:`virtcore.sched.simulate`, an event budget, a time budget) and returns the trace —
+segments, runnable intervals, wake-up latencies.  The grader validates the trace (no pCPU or
+vCPU in two places at once, times inside the run), recomputes every metric from it itself,
+simulates the same case with the reference :class:`~virtcore.sched.Credit` in its own process
+and compares *properties*, with tolerances that any faithful credit1 implementation meets
+(the reference also models Xen's context-switch rate limit and exact residuals, which a
+student's need not): shares within :data:`SHARE_ABS` + :data:`SHARE_REL` × the reference's
+share (or as close to the weight-proportional share as the reference's, in the accounting
+part), caps never exceeded over any 300 ms window, wake-up latency at most
+:data:`LATENCY_FACTOR` × the reference's (or + :data:`LATENCY_SLACK_US`), idle-while-waiting
+time at most the reference's + 1 % of the run, on several pCPUs no domain below
+:data:`STARVATION` × its reference share.  The message names the first metric out of
+bounds, expected vs got, and the case seed.
+
+>>> [p.grade_id for p in SPEC.parts], SPEC.points
+(['credit_accounting', 'credit_boost', 'credit_caps', 'credit_multi_pcpu'], 45)
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from autograder.spec import AssignmentSpec, Check, Part
+
+__all__ = [
+    "CAP_WINDOW_SLACK",
+    "CAP_WINDOW_US",
+    "CASE_TIMEOUT",
+    "CELL_TIMEOUT",
+    "CLASS_NAME",
+    "FORBIDDEN",
+    "HIDDEN_CASES",
+    "LATENCY_FACTOR",
+    "LATENCY_SLACK_US",
+    "PUBLIC_SEEDS",
+    "REFERENCES",
+    "SHARE_ABS",
+    "SHARE_REL",
+    "SPEC",
+    "STARVATION",
+    "WORKED_EXAMPLES",
+    "build",
+    "cases",
+    "compare",
+    "generated_case",
+    "ideal_shares",
+    "run_case",
+    "simulate_case",
+    "worker_setup",
+]
+
+#: The name the solution cells must define.
+CLASS_NAME = "StudentCredit"
+#: Cases per hidden check.
+HIDDEN_CASES = 5
+#: Share tolerance: |share − reference share| ≤ SHARE_ABS + SHARE_REL × reference (pCPUs).
+SHARE_ABS = 0.03
+SHARE_REL = 0.15
+#: With several pCPUs only starvation is checked: each domain gets ≥ STARVATION × its
+#: reference share (per-pCPU run queues make shares depend on balancing details).
+STARVATION = 0.25
+#: Wake-up latency bound: mean ≤ max(LATENCY_FACTOR × reference, reference + LATENCY_SLACK_US).
+LATENCY_FACTOR = 3.0
+LATENCY_SLACK_US = 1000
+#: Window (µs) over which a cap must hold, after the first window (warm-up).
+CAP_WINDOW_US = 300_000
+#: Slack of the windowed cap check (pCPUs), on top of SHARE_REL × the cap.
+CAP_WINDOW_SLACK = 0.05
+CASE_TIMEOUT = 8.0
+CELL_TIMEOUT = 5.0
+_MAX_EVENTS = 400_000
+
+#: The fixed seeds of the public (visible) generated workloads — the same for every student.
+PUBLIC_SEEDS: dict[str, tuple[int, ...]] = {
+    "accounting_public": (1, 2, 3),
+    "boost_public": (4, 5, 6),
+    "caps_public": (7, 8, 9),
+    "multi_public": (10, 11, 12),
+}
+
+SPEC = AssignmentSpec(
+    name="a2_credit_scheduler",
+    notebook="credit_scheduler.ipynb",
+    title="The credit scheduler: weights, caps, BOOST and many pCPUs",
+    parts=(
+        Part("credit_accounting", 15, (
+            Check("accounting_worked_example", 4, False,
+                  "the worked examples: weights 256/512 and 128/256/512 on one pCPU"),
+            Check("accounting_public", 4, False, "CPU-bound domains, public seeds"),
+            Check("accounting_hidden", 7, True, "CPU-bound domains, your hidden seeds"),
+        ), "credit accounting: burn, earn by weight, clamp, UNDER/OVER", (CLASS_NAME,)),
+        Part("credit_boost", 10, (
+            Check("boost_public", 4, False, "hogs and interactive domains, public seeds"),
+            Check("boost_hidden", 6, True, "hogs and interactive domains, your hidden seeds"),
+        ), "BOOST on wake-up, back to UNDER at the tick", (CLASS_NAME,)),
+        Part("credit_caps", 10, (
+            Check("caps_public", 4, False, "capped domains, public seeds"),
+            Check("caps_hidden", 6, True, "capped domains, your hidden seeds"),
+        ), "caps: park a domain that used its cap, unpark when its credit is back",
+            (CLASS_NAME,)),
+        Part("credit_multi_pcpu", 10, (
+            Check("multi_public", 4, False, "2–4 pCPUs, public seeds"),
+            Check("multi_hidden", 6, True, "2–4 pCPUs, your hidden seeds"),
+        ), "several pCPUs: per-pCPU run queues, work stealing, no idle pCPU while work waits",
+            (CLASS_NAME,)),
+    ),
+)
+
+#: Switched off in the worker before student code runs.
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "virtcore.sched.credit": ("Credit", "credit_shares", "_acct_domains", "_Unit", "_Dom"),
+    "virtcore.sched": ("Credit", "credit_shares"),
+}
+
+#: Flagged by the static scan.
+FORBIDDEN: tuple[str, ...] = (
+    "virtcore.sched.Credit", "virtcore.sched.credit_shares",
+    "virtcore.sched.credit.Credit", "virtcore.sched.credit.credit_shares",
+    "virtcore.sched.credit._acct_domains", "virtcore.sched.credit._Unit",
+    "virtcore.sched.credit._Dom",
+)
+
+_CHECK_KIND = {"accounting_worked_example": "accounting", "accounting_public": "accounting",
+               "accounting_hidden": "accounting", "boost_public": "boost",
+               "boost_hidden": "boost", "caps_public": "caps", "caps_hidden": "caps",
+               "multi_public": "multi", "multi_hidden": "multi"}
+
+
+def _dom(name: str, *, weight: int = 256, cap: int = 0, vcpus: int = 1,
+         workload: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "weight": weight, "cap": cap, "vcpus": vcpus,
+            "workload": workload or {"kind": "cpu"}}
+
+
+#: The visible worked examples of the accounting part (facts §2.8): (label, pCPUs, domains).
+WORKED_EXAMPLES: tuple[tuple[str, int, tuple[dict[str, Any], ...]], ...] = (
+    ("weights 256 and 512", 1, (_dom("a", weight=256), _dom("b", weight=512))),
+    ("weights 128, 256 and 512", 1,
+     (_dom("a", weight=128), _dom("b", weight=256), _dom("c", weight=512))),
+    ("weight 512 with two vCPUs against 256", 1,
+     (_dom("a", weight=256), _dom("b", weight=512, vcpus=2))),
+)
+
+
+# ----------------------------------------------------------------------------- generation
+
+#: Weights of generated domains: at most 8:1 apart (with 64 against 1024 the reference itself
+#: strays far from weight-proportional shares, and faithful variants stray differently).
+_WEIGHTS = (128, 192, 256, 384, 512, 768, 1024)
+
+
+def _gen_accounting(rng: Any) -> tuple[int, list[dict[str, Any]], int]:
+    n = rng.randint(2, 4)
+    doms = [_dom(f"d{i}", weight=rng.choice(_WEIGHTS), vcpus=1 if rng.random() < 0.8 else 2)
+            for i in range(n)]
+    return 1, doms, 3_000_000
+
+
+def _gen_boost(rng: Any) -> tuple[int, list[dict[str, Any]], int]:
+    doms = [_dom(f"hog{i}", weight=rng.choice((256, 512))) for i in range(rng.randint(1, 2))]
+    doms.append(_dom("shell", workload={"kind": "interactive",
+                                        "burst_us": rng.randint(150, 600),
+                                        "think_us": rng.randint(5_000, 25_000)}))
+    if rng.random() < 0.6:
+        doms.append(_dom("disk", workload={"kind": "io", "run_us": rng.randint(500, 3000),
+                                           "block_us": rng.randint(2_000, 10_000)}))
+    return 1, doms, 2_000_000
+
+
+def _gen_caps(rng: Any) -> tuple[int, list[dict[str, Any]], int]:
+    capped = [rng.choice((256, 512)) for _ in range(1 if rng.random() < 0.7 else 2)]
+    hogs = [rng.choice(_WEIGHTS) for _ in range(rng.choice((0, 0, 1, 2)))]  # often idle
+    total = sum(capped) + sum(hogs)
+    doms = []
+    for i, w in enumerate(capped):  # a cap that binds: below 80 % of the domain's fair share
+        fair = 100 * w / total
+        options = [c for c in (10, 20, 25, 30, 40, 50, 60, 75) if c <= 0.8 * fair] or [10]
+        doms.append(_dom(f"capped{i}", weight=w, cap=rng.choice(options)))
+    doms += [_dom(f"hog{i}", weight=w) for i, w in enumerate(hogs)]
+    return 1, doms, 3_000_000
+
+
+def _gen_multi(rng: Any) -> tuple[int, list[dict[str, Any]], int]:
+    pcpus = rng.randint(2, 4)
+    target = rng.randint(pcpus + 1, 2 * pcpus)
+    doms: list[dict[str, Any]] = []
+    total = 0
+    while total < target:
+        n = min(target - total, 1 if rng.random() < 0.7 else 2)
+        if rng.random() < 0.6:
+            wl: dict[str, Any] = {"kind": "cpu"}
+        else:
+            wl = {"kind": "io", "run_us": rng.randint(500, 4000),
+                  "block_us": rng.randint(1_000, 10_000)}
+        doms.append(_dom(f"d{len(doms)}", weight=rng.choice(_WEIGHTS), vcpus=n, workload=wl))
+        total += n
+    return pcpus, doms, 2_000_000
+
+
+_GENERATORS = {"accounting": _gen_accounting, "boost": _gen_boost, "caps": _gen_caps,
+               "multi": _gen_multi}
+
+
+def _case(label: str, seed: int | None, kind: str, pcpus: int, domains: list[dict[str, Any]],
+          duration_us: int) -> dict[str, Any]:
+    return {"label": label, "seed": seed, "kind": kind, "pcpus": pcpus,
+            "duration_us": duration_us, "domains": list(domains), "max_events": _MAX_EVENTS,
+            "sim_seed": seed if seed is not None else 0}
+
+
+def generated_case(kind: str, seed: int, label: str = "") -> dict[str, Any]:
+    """The case of kind ``kind`` (accounting, boost, caps, multi) generated from ``seed``.
+
+    >>> c = generated_case("multi", 10)
+    >>> c["pcpus"] >= 2, sum(d["vcpus"] for d in c["domains"]) > c["pcpus"]
+    (True, True)
+    """
+    from virtcore.rng import make_rng
+
+    pcpus, doms, duration = _GENERATORS[kind](make_rng(seed))
+    return _case(label or f"{kind} seed={seed}", seed, kind, pcpus, doms, duration)
+
+
+def cases(part: Part, check: Check, seed_of: Callable[[int], int]) -> list[dict[str, Any]]:
+    """The cases of ``check`` (see :mod:`autograder.assignments`).
+
+    >>> part = SPEC.part("credit_accounting")
+    >>> [c["label"] for c in cases(part, part.checks[0], lambda k: k)][:1]
+    ['worked example: weights 256 and 512']
+    >>> [c["seed"] for c in cases(part, part.checks[1], lambda k: k)]
+    [1, 2, 3]
+    """
+    kind = _CHECK_KIND[check.name]
+    if check.name == "accounting_worked_example":
+        return [_case(f"worked example: {label}", None, kind, pcpus, list(doms), 3_000_000)
+                for label, pcpus, doms in WORKED_EXAMPLES]
+    if not check.hidden:
+        return [generated_case(kind, s, f"public workload seed={s}")
+                for s in PUBLIC_SEEDS[check.name]]
+    return [generated_case(kind, seed_of(k), f"hidden workload #{k + 1}")
+            for k in range(HIDDEN_CASES)]
+
+
+# ------------------------------------------------------------------------------- running
+
+
+def _workload(spec: dict[str, Any]) -> Any:
+    from virtcore.sched.workloads import CPUBound, Interactive, IOBound, Mixed
+
+    kind = spec.get("kind")
+    if kind == "cpu":
+        return CPUBound()
+    if kind == "io":
+        return IOBound(run_us=int(spec["run_us"]), block_us=int(spec["block_us"]))
+    if kind == "interactive":
+        return Interactive(burst_us=int(spec["burst_us"]), think_us=int(spec["think_us"]))
+    if kind == "mixed":
+        return Mixed(cpu_us=int(spec["cpu_us"]), run_us=int(spec["run_us"]),
+                     block_us=int(spec["block_us"]), io_cycles=int(spec["io_cycles"]))
+    raise ValueError(f"unknown workload kind {kind!r}")
+
+
+def _domains(case: dict[str, Any]) -> list[Any]:
+    from virtcore.sched.model import Domain
+
+    return [Domain(d["name"], vcpus=int(d["vcpus"]), weight=int(d["weight"]),
+                   cap=int(d["cap"]), workload=_workload(d["workload"]))
+            for d in case["domains"]]
+
+
+def simulate_case(scheduler: Any, case: dict[str, Any]) -> dict[str, Any]:
+    """Simulate the case's domains under ``scheduler``; return the trace as JSON data.
+
+    >>> from virtcore.sched import RoundRobin
+    >>> t = simulate_case(RoundRobin(10_000), generated_case("accounting", 1))
+    >>> sorted(t), t["segments"][0][1:]
+    (['busy', 'latencies', 'runnable', 'segments', 'vcpus'], [0, 0, 10000])
+    """
+    from virtcore.sched.core import simulate
+
+    r = simulate(_domains(case), scheduler, pcpus=int(case["pcpus"]),
+                 duration_us=int(case["duration_us"]), seed=int(case["sim_seed"]),
+                 max_events=int(case["max_events"]))
+    index = {n: i for i, n in enumerate(r.vcpu_names)}
+    return {"vcpus": list(r.vcpu_names),
+            "segments": [[s.pcpu, index[s.vcpu], s.start, s.end] for s in r.segments],
+            "runnable": [[list(iv) for iv in r.runnable_intervals[n]] for n in r.vcpu_names],
+            "latencies": [list(r.latencies_us[n]) for n in r.vcpu_names],
+            "busy": list(r.pcpu_busy_us)}
+
+
+def worker_setup(grade_id: str) -> None:
+    """Nothing to keep before the references go (the reference Credit is never needed)."""
+    return
+
+
+def build(namespace: dict[str, Any], grade_id: str, setup: object) -> type:
+    """The student's scheduler class from the executed cells (BuildError if unusable)."""
+    from autograder.worker import BuildError
+    from virtcore.sched.core import Scheduler
+
+    cls = namespace.get(CLASS_NAME)
+    if cls is None:
+        raise BuildError(f"{CLASS_NAME} is not defined: the solution cells must define a class"
+                         f" {CLASS_NAME}(Scheduler)")
+    if not isinstance(cls, type) or not issubclass(cls, Scheduler):
+        raise BuildError(f"{CLASS_NAME} must be a subclass of virtcore.sched.Scheduler"
+                         f" (it is {cls!r})")
+    return cls
+
+
+def run_case(impl: type, case: dict[str, Any]) -> dict[str, Any]:
+    """In the worker: simulate the case with a new instance of the student's class."""
+    return simulate_case(impl(), case)
+
+
+# ----------------------------------------------------------------------------- comparing
+
+
+class _Trace:
+    """A validated trace with the metrics the checks use, computed in the grader."""
+
+    def __init__(self, case: dict[str, Any], data: Any) -> None:
+        self.case = case
+        self.duration = int(case["duration_us"])
+        self.pcpus = int(case["pcpus"])
+        names = [f"{d['name']}.{i}" for d in case["domains"] for i in range(int(d["vcpus"]))]
+        self.names = names
+        self.domain_of = {f"{d['name']}.{i}": d["name"] for d in case["domains"]
+                          for i in range(int(d["vcpus"]))}
+        if not isinstance(data, dict) or data.get("vcpus") != names:
+            raise ValueError("the trace does not list this case's vCPUs")
+        segs = data.get("segments")
+        runnable = data.get("runnable")
+        lat = data.get("latencies")
+        if not (isinstance(segs, list) and isinstance(runnable, list)
+                and isinstance(lat, list) and len(runnable) == len(names)
+                and len(lat) == len(names)):
+            raise ValueError("the trace is incomplete")
+        n = len(names)
+        d = self.duration
+        cpu = [0] * n
+        per_pcpu: list[list[tuple[int, int]]] = [[] for _ in range(self.pcpus)]
+        per_vcpu: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+        clean = []
+        for s in segs:
+            if not (isinstance(s, list) and len(s) == 4 and all(type(x) is int for x in s)):
+                raise ValueError("a segment is not [pcpu, vcpu, start, end]")
+            p, v, a, b = s
+            if not (0 <= p < self.pcpus and 0 <= v < n and 0 <= a < b <= d):
+                raise ValueError(f"segment {s} lies outside the run")
+            cpu[v] += b - a
+            per_pcpu[p].append((a, b))
+            per_vcpu[v].append((a, b))
+            clean.append((p, v, a, b))
+        for what, groups in (("pCPU", per_pcpu), ("vCPU", per_vcpu)):
+            for i, ivs in enumerate(groups):
+                ivs.sort()
+                for (_, b1), (a2, _) in zip(ivs, ivs[1:]):  # noqa: RUF007 (py3.10 has it too)
+                    if a2 < b1:
+                        who = f"pCPU{i}" if what == "pCPU" else names[i]
+                        raise ValueError(f"{who} is in two places at t={a2} µs")
+        self.segments = clean
+        self.cpu = cpu
+        self.runnable = []
+        for ivs in runnable:
+            if not isinstance(ivs, list) or not all(
+                    isinstance(iv, list) and len(iv) == 2 and all(type(x) is int for x in iv)
+                    for iv in ivs):
+                raise ValueError("bad runnable intervals")
+            self.runnable.append([(a, b) for a, b in ivs])
+        self.latencies = []
+        for xs in lat:
+            if not isinstance(xs, list) or not all(type(x) is int and x >= 0 for x in xs):
+                raise ValueError("bad wake-up latencies")
+            self.latencies.append(xs)
+
+    def share(self, domain: str) -> float:
+        return sum(c for nm, c in zip(self.names, self.cpu)
+                   if self.domain_of[nm] == domain) / self.duration
+
+    def utilisation(self) -> float:
+        return sum(self.cpu) / self.duration
+
+    def mean_latency(self, domain: str) -> float | None:
+        xs = [x for nm, ls in zip(self.names, self.latencies) if self.domain_of[nm] == domain
+              for x in ls]
+        return sum(xs) / len(xs) if xs else None
+
+    def window_max(self, domain: str, window: int) -> tuple[float, int]:
+        """The largest CPU share of ``domain`` over consecutive windows after the first."""
+        vs = {i for i, nm in enumerate(self.names) if self.domain_of[nm] == domain}
+        best, at = 0.0, 0
+        start = window
+        while start + window <= self.duration:
+            end = start + window
+            used = sum(min(b, end) - max(a, start) for _, v, a, b in self.segments
+                       if v in vs and a < end and b > start)
+            if used / window > best:
+                best, at = used / window, start
+            start += window
+        return best, at
+
+    def idle_while_waiting(self, *, uncapped_only: bool = True) -> int:
+        """µs during which a pCPU idled while an (uncapped) vCPU waited."""
+        caps = {d["name"]: int(d["cap"]) for d in self.case["domains"]}
+        skip = {i for i, nm in enumerate(self.names)
+                if uncapped_only and caps[self.domain_of[nm]]}
+        delta: dict[int, list[int]] = {}
+        for i, ivs in enumerate(self.runnable):
+            if i in skip:
+                continue
+            for a, b in ivs:
+                delta.setdefault(a, [0, 0, 0])[0] += 1
+                delta.setdefault(b, [0, 0, 0])[0] -= 1
+        for _, v, a, b in self.segments:
+            da = delta.setdefault(a, [0, 0, 0])
+            db = delta.setdefault(b, [0, 0, 0])
+            da[2] += 1
+            db[2] -= 1
+            if v not in skip:
+                da[1] += 1
+                db[1] -= 1
+        total = runnable = running = busy = prev = 0
+        for t in sorted(delta):
+            if busy < self.pcpus and runnable > running:
+                total += t - prev
+            x = delta[t]
+            runnable += x[0]
+            running += x[1]
+            busy += x[2]
+            prev = t
+        return total
+
+
+_REF_CACHE: OrderedDict[str, _Trace] = OrderedDict()
+
+
+def _reference(case: dict[str, Any], *, boost: bool = True) -> _Trace:
+    """The reference Credit's trace of ``case`` (computed in the grader's process, cached)."""
+    key = json.dumps([case["pcpus"], case["duration_us"], case["domains"], case["sim_seed"],
+                      boost], sort_keys=True)
+    hit = _REF_CACHE.get(key)
+    if hit is not None:
+        _REF_CACHE.move_to_end(key)
+        return hit
+    from virtcore.sched.credit import Credit
+
+    out = _Trace(case, simulate_case(Credit(boost=boost), case))
+    _REF_CACHE[key] = out
+    if len(_REF_CACHE) > 256:
+        _REF_CACHE.popitem(last=False)
+    return out
+
+
+def _share_bound(ref: float) -> float:
+    return SHARE_ABS + SHARE_REL * ref
+
+
+def ideal_shares(case: dict[str, Any]) -> dict[str, float]:
+    """Weight-proportional shares of CPU-bound, uncapped domains (credit1's weight counts once
+    per active vCPU), each domain at most one pCPU per vCPU — water-filling.
+
+    >>> ideal_shares(_case("x", None, "accounting", 1, list(WORKED_EXAMPLES[0][2]), 1))
+    {'a': 0.3333333333333333, 'b': 0.6666666666666666}
+    """
+    left = float(case["pcpus"])
+    todo = {d["name"]: (int(d["weight"]) * int(d["vcpus"]), int(d["vcpus"]))
+            for d in case["domains"]}
+    out: dict[str, float] = {}
+    while todo:
+        total = sum(w for w, _ in todo.values())
+        full = {n: v for n, (w, v) in todo.items() if left * w / total >= v}
+        if not full:
+            out.update({n: left * w / total for n, (w, _) in todo.items()})
+            break
+        for n, v in full.items():
+            out[n] = float(v)
+            left -= v
+            del todo[n]
+    return out
+
+
+def _check_shares(case: dict[str, Any], ref: _Trace, got: _Trace, *,
+                  ideal: dict[str, float] | None = None) -> str | None:
+    for d in case["domains"]:
+        name = d["name"]
+        r, g = ref.share(name), got.share(name)
+        if ideal is not None and abs(g - ideal[name]) <= abs(r - ideal[name]) + _share_bound(r):
+            continue  # as close to the weight-proportional share as the reference is
+        if abs(g - r) > _share_bound(r):
+            cap = f", cap {d['cap']}" if d["cap"] else ""
+            plural = "s" if d["vcpus"] > 1 else ""
+            return (f"domain {name} (weight {d['weight']}{cap}, {d['vcpus']} vCPU{plural}) got"
+                    f" {100 * g:.1f}% of a pCPU over {case['duration_us'] // 1000} ms; the"
+                    f" reference gives {100 * r:.1f}% (allowed ±{100 * _share_bound(r):.1f})")
+    return None
+
+
+def _check_starvation(case: dict[str, Any], ref: _Trace, got: _Trace) -> str | None:
+    for d in case["domains"]:
+        r, g = ref.share(d["name"]), got.share(d["name"])
+        if g < STARVATION * r:
+            return (f"domain {d['name']} (weight {d['weight']}) got only {100 * g:.1f}% of a"
+                    f" pCPU; the reference gives it {100 * r:.1f}% — is it starved?")
+    return None
+
+
+def _check_utilisation(ref: _Trace, got: _Trace, slack: float) -> str | None:
+    if got.utilisation() < ref.utilisation() - slack:
+        return (f"the pCPUs were busy {100 * got.utilisation():.1f}% (in pCPUs:"
+                f" {got.utilisation():.2f}); the reference keeps them busy"
+                f" {100 * ref.utilisation():.1f}% — work was left waiting")
+    return None
+
+
+def compare(part: Part, check: Check, case: dict[str, Any], got: Any) -> str | None:
+    """Check the student's trace against the reference Credit's (computed here); None = pass.
+
+    >>> from virtcore.sched import RoundRobin
+    >>> part = SPEC.part("credit_accounting")
+    >>> case = cases(part, part.checks[0], lambda k: k)[0]
+    >>> print(compare(part, part.checks[0], case, simulate_case(RoundRobin(30_000), case)))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    domain a (weight 256, 1 vCPU) got 50.0% of a pCPU over 3000 ms;
+    the reference gives 34.0% (allowed ±8.1)
+    """
+    try:
+        mine = _Trace(case, got)
+    except ValueError as e:
+        return f"the trace is not valid: {e}"
+    kind = case["kind"]
+    ref = _reference(case)
+    if kind == "accounting":
+        return (_check_shares(case, ref, mine, ideal=ideal_shares(case))
+                or _check_utilisation(ref, mine, 0.02))
+    if kind == "boost":
+        for d in case["domains"]:
+            if d["workload"]["kind"] not in ("interactive", "io"):
+                continue
+            r, g = ref.mean_latency(d["name"]), mine.mean_latency(d["name"])
+            if r is None or g is None:
+                continue
+            bound = max(LATENCY_FACTOR * r, r + LATENCY_SLACK_US)
+            if g > bound:
+                return (f"domain {d['name']} ({d['workload']['kind']}) waited {g:.0f} µs on"
+                        f" average after waking up; the reference (with BOOST) waits {r:.0f} µs"
+                        f" (allowed up to {bound:.0f}) — is a waking vCPU boosted and does it"
+                        " preempt?")
+        return _check_shares(case, ref, mine) or _check_utilisation(ref, mine, 0.02)
+    if kind == "caps":
+        for d in case["domains"]:
+            if not d["cap"]:
+                continue
+            name, cap = d["name"], int(d["cap"]) / 100
+            g = mine.share(name)
+            limit = min(cap, float(d["vcpus"])) + SHARE_ABS
+            if g > limit:
+                return (f"domain {name} (cap {d['cap']}) got {100 * g:.1f}% of a pCPU over"
+                        f" {case['duration_us'] // 1000} ms, more than its cap")
+            wr, _ = ref.window_max(name, CAP_WINDOW_US)
+            wg, at = mine.window_max(name, CAP_WINDOW_US)
+            wlimit = max(wr, cap) + CAP_WINDOW_SLACK + SHARE_REL * cap
+            if wg > wlimit:
+                return (f"domain {name} (cap {d['cap']}) got {100 * wg:.1f}% of a pCPU between"
+                        f" t={at // 1000} ms and {(at + CAP_WINDOW_US) // 1000} ms; the cap"
+                        f" allows {100 * cap:.0f}% (the reference's worst window:"
+                        f" {100 * wr:.1f}%)")
+            r = ref.share(name)
+            if g < r - _share_bound(r):
+                return (f"domain {name} (cap {d['cap']}) got only {100 * g:.1f}% of a pCPU;"
+                        f" the reference gives {100 * r:.1f}% (allowed"
+                        f" −{100 * _share_bound(r):.1f}) — is it unparked when its credit"
+                        " is back?")
+        return _check_utilisation(ref, mine, 0.02)
+    # multi: work conserving, and nobody starved (shares across pCPUs depend on balancing
+    # details too much to compare them closely)
+    waste_r = ref.idle_while_waiting()
+    waste_g = mine.idle_while_waiting()
+    allowed = waste_r + case["duration_us"] // 100
+    if waste_g > allowed:
+        return (f"a pCPU was idle while an uncapped vCPU waited for {waste_g // 1000} ms in"
+                f" all (the reference: {waste_r // 1000} ms; allowed {allowed // 1000} ms) —"
+                " does an idle pCPU steal work from the other run queues?")
+    return (_check_utilisation(ref, mine, 0.02 * case["pcpus"])
+            or _check_starvation(case, ref, mine))

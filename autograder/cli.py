@@ -1,0 +1,968 @@
+"""The instructor's workflow, one command each: ``python -m autograder <command>``.
+
+::
+
+    python -m autograder init     [--students students.csv]      # course secret, gradebook, roster
+    python -m autograder release  a1_trap_and_emulate            # student version (nbgrader)
+    python -m autograder import   a1_trap_and_emulate <folder|zip|exchange>
+    python -m autograder grade    a1_trap_and_emulate [--force] [--jobs N]
+    python -m autograder feedback a1_trap_and_emulate            # per-check HTML pages
+    python -m autograder export   [--to grades.csv]              # CSV from the gradebook
+    python -m autograder report   a1_trap_and_emulate [--out dir]  # PNG plots
+
+Every command takes ``--course DIR`` (default ``course``) and ``--db-url URL``
+(default: the course's ``nbgrader_config.py``, i.e. ``course/gradebook.db`` or
+``$VIRTCORE_GRADEBOOK_URL``).  See ``course/README.md`` for the workflow.
+
+Where things are, in the course directory (nbgrader's layout)::
+
+    source/<a>/<notebook>.ipynb                 the assignment with solutions and hidden tests
+    release/<a>/<notebook>.ipynb                what students get (``release``)
+    submitted/<student>/<a>/<notebook>.ipynb    what they handed in (``import``)
+    autograded/<student>/<a>/virtcore-result.json   the grading result (``grade``; the cache)
+    feedback/<student>/<a>/feedback.html        per-check messages (``feedback``)
+    gradebook.db                                nbgrader's gradebook (scores and comments)
+    .course_secret                              seeds the per-student cases (mode 600, never
+                                                released, never in feedback)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import html
+import json
+import multiprocessing
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from autograder.gradebook import (
+    CourseGradebook,
+    GradebookError,
+    check_spec_against_notebook,
+    notebook_cells,
+)
+
+__all__ = ["RESULT_FILE", "SECRET_FILE", "CLIError", "main"]
+
+#: File name of the course secret inside the course directory.
+SECRET_FILE = ".course_secret"
+#: Environment variable that may hold the secret instead.
+SECRET_ENV = "VIRTCORE_COURSE_SECRET"
+#: File name of a cached grading result in ``autograded/<student>/<assignment>/``.
+RESULT_FILE = "virtcore-result.json"
+RESULT_FORMAT = "virtcore-result/1"
+#: nbgrader's documented file-name pattern for LMS downloads (``nbgrader zip_collect``).
+DEFAULT_ZIP_REGEXP = r".*_(?P<student_id>\w+)_attempt_(?P<timestamp>[0-9\-]+)_(?P<file_id>.*)"
+_STUDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}")
+_HIDDEN_BEGIN = "BEGIN HIDDEN TESTS"
+_HIDDEN_END = "END HIDDEN TESTS"
+
+
+class CLIError(Exception):
+    """A command cannot go on; the message says what to do (exit status 2)."""
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for nbgrader subprocesses: this Python's ``bin/`` first on PATH.
+
+    nbgrader creates ``gradebook.db`` by running ``alembic`` by name; without the
+    virtual environment's ``bin/`` on PATH the database is left half-initialised.
+    """
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    path = env.get("PATH", "")
+    if path.split(os.pathsep)[0] != bindir:
+        env["PATH"] = bindir + os.pathsep + path
+    env.setdefault("JUPYTER_PREFER_ENV_PATH", "1")
+    return env
+
+
+def run_nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``nbgrader <args>`` in the course directory; CLIError with its log on failure."""
+    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course,
+                          env=tool_env(), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise CLIError(f"nbgrader {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
+    return proc
+
+
+def load_secret(course: Path) -> bytes:
+    """The course secret: ``$VIRTCORE_COURSE_SECRET`` or ``course/.course_secret``."""
+    env = os.environ.get(SECRET_ENV)
+    if env:
+        return env.encode()
+    path = course / SECRET_FILE
+    if not path.is_file():
+        raise CLIError(f"no course secret ({path} or ${SECRET_ENV}): run"
+                       f" `python -m autograder init --course {course}` first")
+    data = path.read_bytes().strip()
+    if not data:
+        raise CLIError(f"{path} is empty")
+    return data
+
+
+def get_spec(name: str) -> Any:
+    """The :class:`~autograder.spec.AssignmentSpec` called ``name`` (CLIError if unknown)."""
+    from autograder import assignments
+
+    if name not in assignments.REGISTRY:
+        known = ", ".join(sorted(assignments.REGISTRY))
+        raise CLIError(f"unknown assignment {name!r}; the autograder knows: {known}")
+    return assignments.get(name)
+
+
+def source_notebook(course: Path, spec: Any) -> Path:
+    """``course/source/<assignment>/<notebook>`` (CLIError if it is missing)."""
+    path = course / "source" / spec.name / spec.notebook
+    if not path.is_file():
+        raise CLIError(f"the source notebook {path} is missing")
+    return path
+
+
+def result_path(course: Path, student: str, assignment: str) -> Path:
+    """Where the grading result of one submission is cached."""
+    return course / "autograded" / student / assignment / RESULT_FILE
+
+
+def sha256_file(path: Path | None) -> str:
+    """Hex SHA-256 of a file's bytes (``"missing"`` when there is no file)."""
+    if path is None or not path.is_file():
+        return "missing"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def valid_student_id(sid: str) -> bool:
+    """Whether ``sid`` is safe as a directory name and a gradebook id.
+
+    >>> valid_student_id("alice_01"), valid_student_id("../etc"), valid_student_id("a b")
+    (True, False, False)
+    """
+    return bool(_STUDENT_ID.fullmatch(sid)) and ".." not in sid
+
+
+def hidden_test_lines(notebook: Path) -> set[str]:
+    """The source lines that exist only inside the hidden-test regions of ``notebook``.
+
+    Non-trivial lines only (12 characters or more, not comments); a line that also appears
+    outside the hidden regions (a visible check doing the same on other seeds) is public.
+    """
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    hidden: set[str] = set()
+    visible: set[str] = set()
+    for cell in nb.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            s = line.strip()
+            if _HIDDEN_BEGIN in line:
+                inside = True
+            elif _HIDDEN_END in line:
+                inside = False
+            else:
+                (hidden if inside else visible).add(s)
+    return {s for s in hidden - visible if len(s) >= 12 and not s.startswith("#")}
+
+
+def page_text(page: str) -> str:
+    """What a browser shows of an HTML page: tags dropped, entities decoded.
+
+    >>> page_text("<pre>a &lt; b</pre>")
+    'a < b'
+    """
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+# -- progress -------------------------------------------------------------------------------------
+
+
+class Progress:
+    """A progress bar on a stream (stderr): redrawn in place on a terminal, a line each otherwise.
+
+    >>> import io
+    >>> s = io.StringIO(); p = Progress(2, s, "grade")
+    >>> p.step("alice ok"); p.step("bob ok"); p.close()
+    >>> s.getvalue().splitlines()[-1].startswith("grade [##############################] 2/2")
+    True
+    """
+
+    def __init__(self, total: int, stream: IO[str] | None = None, label: str = "") -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.label = label
+        self.t0 = time.perf_counter()
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        if total and self.tty:
+            self._draw("")
+
+    def _line(self, note: str) -> str:
+        width = 30
+        filled = width * self.done // self.total if self.total else width
+        elapsed = time.perf_counter() - self.t0
+        eta = ""
+        if 0 < self.done < self.total:
+            eta = f" eta {elapsed / self.done * (self.total - self.done):.0f}s"
+        return (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
+                f" {elapsed:.1f}s{eta}  {note}")
+
+    def _draw(self, note: str) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + self._line(note)[:160])
+        else:
+            self.stream.write(self._line(note) + "\n")
+        self.stream.flush()
+
+    def step(self, note: str = "") -> None:
+        """One more item done."""
+        self.done += 1
+        self._draw(note)
+
+    def close(self) -> None:
+        """End the bar's line."""
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# -- init -----------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create the course secret (mode 600) if missing, the gradebook, and import the roster."""
+    course: Path = args.course
+    if not (course / "nbgrader_config.py").is_file():
+        raise CLIError(f"{course} is not the course directory (no nbgrader_config.py)")
+    path = course / SECRET_FILE
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(path, 0o600)
+            print(f"secret: {path} existed with mode {mode:o}; now 600")
+        else:
+            print(f"secret: {path} exists (kept)")
+    else:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+        os.chmod(path, 0o600)
+        print(f"secret: created {path} (mode 600; keep it out of every release and repository)")
+    for sub in ("source", "release", "submitted", "autograded", "feedback"):
+        (course / sub).mkdir(exist_ok=True)
+    students = args.students
+    if students is None and (course / "students.csv").is_file():
+        students = course / "students.csv"
+    with CourseGradebook.for_course(course, args.db_url) as gb:
+        print(f"gradebook: {gb.db_url}")
+        if students is not None:
+            n = gb.import_students(Path(students))
+            print(f"students: imported {n} from {students}")
+        print(f"students: {len(gb.student_ids())} in the gradebook")
+    return 0
+
+
+# -- release --------------------------------------------------------------------------------------
+
+
+def check_release(course: Path, spec: Any, secret: bytes | None = None) -> list[str]:
+    """Problems with ``release/<assignment>`` ([] when fine).
+
+    No solution or hidden-test markers, every solution cell reduced to the
+    stub, no line of a hidden test, no course secret in any released file.
+    """
+    import nbformat
+    from nbgrader.utils import is_solution
+
+    problems = []
+    rel_dir = course / "release" / spec.name
+    rel = rel_dir / spec.notebook
+    if not rel.is_file():
+        return [f"{rel} was not generated"]
+    text = rel.read_text(encoding="utf-8")
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", _HIDDEN_BEGIN, _HIDDEN_END):
+        if marker in text:
+            problems.append(f"{rel.name} still contains {marker!r}")
+    nb = nbformat.reads(text, as_version=4)
+    for cell in nb.cells:
+        stubbed = "NotImplementedError" in cell.source
+        if cell.cell_type == "code" and is_solution(cell) and not stubbed:
+            gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+            problems.append(f"solution cell {gid!r} has no stub (raise NotImplementedError())")
+    src_lines = hidden_test_lines(source_notebook(course, spec))
+    released = "\n".join(cell.source for cell in nb.cells)
+    leaked = [ln for ln in src_lines if ln in released]
+    if leaked:
+        problems.append(f"{len(leaked)} hidden test line(s) in the release, e.g. {leaked[0]!r}")
+    for f in rel_dir.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            if secret and secret in data:
+                problems.append(f"{f.name} contains the course secret")
+            if f.name == SECRET_FILE:
+                problems.append(f"{f} is a course secret file")
+    return problems
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """``nbgrader generate_assignment``, then check the release hides solutions and hidden tests."""
+    course: Path = args.course
+    spec = get_spec(args.assignment)
+    src = source_notebook(course, spec)
+    cells = notebook_cells(src)
+    problems = check_spec_against_notebook(spec, cells)
+    if problems:
+        raise CLIError(f"{src} does not match the autograder's parts: " + "; ".join(problems))
+    nbargs = ["generate_assignment", spec.name, "--force"]
+    if args.db_url:
+        nbargs.append(f"--CourseDirectory.db_url={args.db_url}")
+    run_nbgrader(course, *nbargs)
+    with CourseGradebook.for_course(course, args.db_url) as gb:
+        gb.ensure_assignment(spec, src)
+    secret = None
+    with contextlib.suppress(CLIError):
+        secret = load_secret(course)
+    problems = check_release(course, spec, secret)
+    if problems:
+        raise CLIError("the release is not safe to hand out:\n  " + "\n  ".join(problems))
+    if args.validate:
+        proc = run_nbgrader(course, "validate", str(src))
+        if "Success! Your notebook passes all the tests." not in proc.stdout:
+            raise CLIError(f"nbgrader validate on the source:\n{proc.stdout[-3000:]}")
+        proc = run_nbgrader(course, "validate", "--invert",
+                            str(course / "release" / spec.name / spec.notebook))
+        if "Success! The notebook does not pass any tests." not in proc.stdout:
+            raise CLIError(f"nbgrader validate --invert on the release:\n{proc.stdout[-3000:]}")
+        print("validate: the source passes every test cell, the release none")
+    total = sum(p.points for p in spec.parts)
+    print(f"released {spec.name}: {course / 'release' / spec.name / spec.notebook}"
+          f" ({len(spec.parts)} graded parts, {total:g} points; no solutions, no hidden tests)")
+    return 0
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Found:
+    """One student's notebook found in an import source."""
+
+    student: str
+    notebook: Path | None
+    timestamp: str | None = None
+    extras: dict[str, Path] = field(default_factory=dict)  # timestamp.txt, submission_secret.txt
+    note: str = ""
+
+
+def _pick_notebook(folder: Path, spec: Any) -> tuple[Path | None, str]:
+    """The assignment's notebook in a student's folder: its own name, or the only notebook."""
+    candidates = [p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts]
+    exact = [p for p in candidates if p.name == spec.notebook]
+    if exact:
+        exact.sort(key=lambda p: (spec.name not in p.parts, len(p.parts)))
+        return exact[0], ""
+    if len(candidates) == 1:
+        return candidates[0], f"renamed {candidates[0].name} -> {spec.notebook}"
+    if candidates:
+        return None, f"{len(candidates)} notebooks, none named {spec.notebook}"
+    return None, "no notebook"
+
+
+def _extras(folder: Path) -> dict[str, Path]:
+    return {n: folder / n for n in ("timestamp.txt", "submission_secret.txt")
+            if (folder / n).is_file()}
+
+
+def _scan_folder(root: Path, spec: Any) -> Iterator[Found]:
+    """A folder of per-student folders: ``<student>/[<assignment>/]<notebook>``."""
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        nb, note = _pick_notebook(d, spec)
+        where = nb.parent if nb is not None else d
+        extras = {**_extras(d), **_extras(where)}
+        ts = extras["timestamp.txt"].read_text().strip() if "timestamp.txt" in extras else None
+        yield Found(d.name, nb, ts, extras, note)
+
+
+def _is_exchange(path: Path, course_id: str, assignment: str) -> Path | None:
+    """The ``inbound`` directory if ``path`` is an nbgrader exchange (root, course or inbound)."""
+    for cand in (path / course_id / "inbound", path / "inbound", path):
+        if cand.is_dir() and any("+" in p.name and f"+{assignment}+" in p.name
+                                 for p in cand.iterdir()):
+            return cand
+    return None
+
+
+def _scan_exchange(inbound: Path, spec: Any) -> Iterator[Found]:
+    """nbgrader's exchange: ``inbound/<student>+<assignment>+<timestamp>[+<random>]/``."""
+    from nbgrader.utils import parse_utc
+
+    latest: dict[str, tuple[Any, Path]] = {}
+    for d in inbound.iterdir():
+        parts = d.name.rsplit("+", 3) if d.is_dir() else []
+        if len(parts) < 3:
+            continue
+        # <student>+<assignment>+<timestamp>[+<random>]; usernames may contain '+'
+        if len(parts) == 4 and parts[2] == spec.name:
+            student, assignment, stamp = parts[0] + "+" + parts[1], parts[2], parts[3]
+        elif len(parts) == 4:
+            student, assignment, stamp = parts[0], parts[1], parts[2]
+        else:
+            student, assignment, stamp = parts
+        if assignment != spec.name:
+            continue
+        try:
+            when = parse_utc(stamp)
+        except (ValueError, TypeError, OverflowError):
+            continue
+        if student not in latest or when > latest[student][0]:
+            latest[student] = (when, d)
+    for student in sorted(latest):
+        _, d = latest[student]
+        nb, note = _pick_notebook(d, spec)
+        extras = _extras(d)
+        ts = extras["timestamp.txt"].read_text().strip() if "timestamp.txt" in extras else None
+        yield Found(student, nb, ts, extras, note)
+
+
+def _safe_extract(zf: zipfile.ZipFile, dest: Path) -> None:
+    root = dest.resolve()
+    for info in zf.infolist():
+        name = info.filename
+        target = (dest / name).resolve()
+        if name.startswith(("/", "\\")) or ".." in Path(name).parts or (
+                target != root and root not in target.parents):
+            raise CLIError(f"refusing unsafe path {name!r} in the zip")
+    zf.extractall(dest)
+
+
+def _scan_zip(path: Path, spec: Any, tmp: Path, regexp: str) -> Iterator[Found]:
+    """A zip of downloads: per-student folders, per-student zips, or LMS-style flat names."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            _safe_extract(zf, tmp)
+    except zipfile.BadZipFile as e:
+        raise CLIError(f"{path} is not a zip file: {e}") from None
+    for inner in list(tmp.rglob("*.zip")):  # one level of per-student archives
+        out = inner.with_suffix("")
+        out.mkdir(exist_ok=True)
+        with zipfile.ZipFile(inner) as zf:
+            _safe_extract(zf, out)
+        inner.unlink()
+    root = tmp
+    entries = [p for p in root.iterdir() if p.name not in ("__MACOSX",)]
+    while (len(entries) == 1 and entries[0].is_dir()
+           and not any(entries[0].glob("*.ipynb"))
+           and all(p.is_dir() for p in entries[0].iterdir())):
+        root = entries[0]  # a wrapper folder around the student folders
+        entries = list(root.iterdir())
+    flat = [p for p in root.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts]
+    pattern = re.compile(regexp)
+    named: dict[str, tuple[str, Path]] = {}
+    for p in flat:
+        m = pattern.match(p.name)
+        if m and "student_id" in m.groupdict():
+            sid = m.group("student_id")
+            stamp = m.groupdict().get("timestamp") or ""
+            if sid not in named or stamp > named[sid][0]:
+                named[sid] = (stamp, p)
+    if named:
+        for sid in sorted(named):
+            stamp, p = named[sid]
+            yield Found(sid, p, _lms_timestamp(stamp), {}, "")
+        return
+    yield from _scan_folder(root, spec)
+
+
+def _lms_timestamp(stamp: str) -> str | None:
+    """``2016-01-30-20-30-10`` (an LMS download's name) → ``2016-01-30 20:30:10``."""
+    m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)", stamp or "")
+    if not m:
+        return None
+    y, mo, d, h, mi, s = m.groups()
+    return f"{y}-{mo}-{d} {h}:{mi}:{s}"
+
+
+def collect(course: Path, spec: Any, source: Path, *, regexp: str = DEFAULT_ZIP_REGEXP,
+            course_id: str = "virtcore") -> list[tuple[str, str]]:
+    """Copy submissions from ``source`` into ``submitted/<student>/<assignment>/``.
+
+    Returns ``(student, outcome)`` pairs; outcomes: ``new``, ``updated``,
+    ``unchanged``, ``skipped: <why>``.
+    """
+    if not source.exists():
+        raise CLIError(f"{source} does not exist")
+    outcomes: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="virtcore-import-") as tmpdir:
+        if source.is_file():
+            found = list(_scan_zip(source, spec, Path(tmpdir), regexp))
+        else:
+            inbound = _is_exchange(source, course_id, spec.name)
+            found = list(_scan_exchange(inbound, spec) if inbound else _scan_folder(source, spec))
+        for f in found:
+            if not valid_student_id(f.student):
+                outcomes.append((f.student, "skipped: not a valid student id"))
+                continue
+            dest_dir = course / "submitted" / f.student / spec.name
+            dest = dest_dir / spec.notebook
+            if f.notebook is None:
+                # they handed in something, but not the notebook: graded as "missing" (0)
+                dest_dir.mkdir(parents=True, exist_ok=True)
+                if dest.exists():
+                    dest.unlink()
+                for name, p in f.extras.items():
+                    shutil.copyfile(p, dest_dir / name)
+                outcomes.append((f.student, f"no notebook ({f.note or 'nothing'}): grades as"
+                                            " missing"))
+                continue
+            if dest.is_file() and f.notebook.resolve() == dest.resolve():
+                outcomes.append((f.student, "unchanged (already in submitted/)"))
+                continue
+            before = sha256_file(dest) if dest.is_file() else None
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            tmp = dest_dir / (".incoming-" + spec.notebook)
+            shutil.copyfile(f.notebook, tmp)
+            os.replace(tmp, dest)
+            for name, p in f.extras.items():
+                shutil.copyfile(p, dest_dir / name)
+            if f.timestamp and "timestamp.txt" not in f.extras:
+                (dest_dir / "timestamp.txt").write_text(f.timestamp + "\n")
+            after = sha256_file(dest)
+            what = "new" if before is None else ("unchanged" if before == after else "updated")
+            outcomes.append((f.student, what + (f" ({f.note})" if f.note else "")))
+    return outcomes
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Collect submissions (a folder, a zip of downloads, an nbgrader exchange) into submitted/.
+
+    Students are added to the gradebook when their submission is graded.
+    """
+    course: Path = args.course
+    spec = get_spec(args.assignment)
+    outcomes = collect(course, spec, Path(args.source), regexp=args.regexp,
+                       course_id=args.course_id)
+    for student, what in outcomes:
+        print(f"  {student:<24} {what}")
+    n_ok = sum(not w.startswith("skipped") for _, w in outcomes)
+    print(f"imported {n_ok} submission(s) of {spec.name} from {args.source}"
+          f" into {course / 'submitted'}; {len(outcomes) - n_ok} skipped")
+    return 0
+
+
+# -- grade ----------------------------------------------------------------------------------------
+
+
+def _grade_task(nb_path: str | None, assignment: str, student: str, secret: bytes,
+                source_nb: str, timeout: float) -> dict[str, Any]:
+    """Run in a pool process: grade one notebook, return its JSON form."""
+    from autograder.grade import grade_notebook
+
+    result = grade_notebook(Path(nb_path) if nb_path else None, assignment, student, secret,
+                            source_notebook=Path(source_nb), timeout=timeout)
+    return result.to_json()
+
+
+def _load_cached(path: Path, sha: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(data, dict) or data.get("format") != RESULT_FORMAT
+            or data.get("submission_sha256") != sha or "result" not in data):
+        return None
+    return data
+
+
+def _faults(result: Any) -> str:
+    """``part: status`` for every part that did not run normally."""
+    bad = [f"{p.grade_id}: {p.status}" for p in result.parts if p.status != "ok"]
+    if result.status != "ok":
+        bad.insert(0, f"notebook {result.status}" + (f" ({result.reason})" if result.reason
+                                                     else ""))
+    return "; ".join(bad)
+
+
+def _record(gb: CourseGradebook, spec: Any, course: Path, result: Any) -> None:
+    sub_dir = course / "submitted" / result.student / spec.name
+    stamp = None
+    if (sub_dir / "timestamp.txt").is_file():
+        stamp = (sub_dir / "timestamp.txt").read_text().strip()
+    gb.record(spec, result, timestamp=stamp)
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    """Grade every submission of an assignment in parallel; resumable; scores to the gradebook."""
+    from autograder.grade import NotebookResult
+
+    course: Path = args.course
+    spec = get_spec(args.assignment)
+    src = source_notebook(course, spec)
+    secret = load_secret(course)
+    sub_root = course / "submitted"
+    students = sorted(d.parent.name for d in sub_root.glob(f"*/{spec.name}") if d.is_dir()
+                      and valid_student_id(d.parent.name)) if sub_root.is_dir() else []
+    if args.student:
+        students = [s for s in students if s in set(args.student)]
+    jobs = max(1, args.jobs or os.cpu_count() or 1)
+    outcome: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    todo: list[tuple[str, Path | None, str]] = []
+    with CourseGradebook.for_course(course, args.db_url) as gb:
+        gb.ensure_assignment(spec, src)
+        roster = set(gb.student_ids())
+        skipped = 0
+        for s in students:
+            nb = course / "submitted" / s / spec.name / spec.notebook
+            path = nb if nb.is_file() else None
+            sha = sha256_file(path)
+            cached = None if args.force else _load_cached(result_path(course, s, spec.name), sha)
+            if cached is not None:
+                res = NotebookResult.from_json(cached["result"])
+                outcome[s] = res
+                skipped += 1
+                try:  # repairs a run interrupted between the cache and the gradebook
+                    _record(gb, spec, course, res)
+                except Exception as e:
+                    errors[s] = f"the gradebook write failed: {type(e).__name__}: {e}"
+            else:
+                todo.append((s, path, sha))
+        if skipped:
+            print(f"{skipped} submission(s) already graded (cached results; --force regrades)",
+                  file=sys.stderr)
+        bar = Progress(len(todo), sys.stderr, f"grade {spec.name}")
+        interrupted = False
+        if todo:
+            ctx = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx)
+            futures: dict[Future[dict[str, Any]], tuple[str, str]] = {}
+            try:
+                for s, path, sha in todo:
+                    fut = pool.submit(_grade_task, str(path) if path else None, spec.name, s,
+                                      secret, str(src), args.timeout)
+                    futures[fut] = (s, sha)
+                for fut in as_completed(futures):
+                    s, sha = futures[fut]
+                    try:
+                        data = fut.result()
+                        res = NotebookResult.from_json(data)
+                    except Exception as e:  # a grader bug or a broken pool: retry next run
+                        errors[s] = f"not graded: {type(e).__name__}: {e}"
+                        bar.step(f"{s}: grader error")
+                        continue
+                    wrapper = {"format": RESULT_FORMAT, "student": s, "assignment": spec.name,
+                               "submission_sha256": sha,
+                               "graded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                               "result": data}
+                    _atomic_write(result_path(course, s, spec.name),
+                                  json.dumps(wrapper, indent=1, sort_keys=True))
+                    _copy_for_formgrader(course, spec, s)
+                    outcome[s] = res
+                    try:
+                        _record(gb, spec, course, res)
+                    except Exception as e:  # kept in the cache: the next run records it
+                        errors[s] = (f"graded ({res.score:g}), but the gradebook write failed:"
+                                     f" {type(e).__name__}: {e}")
+                    bar.step(f"{s} {res.score:g}/{res.max_score:g} {res.status}")
+            except KeyboardInterrupt:
+                interrupted = True
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            finally:
+                bar.close()
+                if not interrupted:
+                    pool.shutdown(wait=True)
+    _print_summary(spec, outcome, errors, sorted(roster - set(students)) if not args.student
+                   else [])
+    return 1 if errors else 0
+
+
+def _copy_for_formgrader(course: Path, spec: Any, student: str) -> None:
+    """Put the submitted notebook in ``autograded/`` too, so formgrader can show it."""
+    src_dir = course / "submitted" / student / spec.name
+    dst_dir = course / "autograded" / student / spec.name
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for name in (spec.notebook, "timestamp.txt"):
+        if (src_dir / name).is_file():
+            shutil.copyfile(src_dir / name, dst_dir / name)
+
+
+def _print_summary(spec: Any, outcome: dict[str, Any], errors: dict[str, str],
+                   absent: Sequence[str]) -> None:
+    total = sum(p.points for p in spec.parts)
+    print(f"{spec.name}: {len(outcome)} graded, {len(errors)} error(s),"
+          f" {len(absent)} on the roster without a submission")
+    for s in sorted(outcome):
+        r = outcome[s]
+        faults = _faults(r)
+        print(f"  {s:<24} {r.score:6g} / {total:g}  {r.status:<8} {faults}")
+    for s in sorted(errors):
+        print(f"  {s:<24} ERROR: {errors[s]} (run grade again)")
+    for s in absent:
+        print(f"  {s:<24} no submission")
+
+
+# -- feedback -------------------------------------------------------------------------------------
+
+
+def _iter_results(course: Path, assignment: str) -> Iterator[tuple[str, Any]]:
+    from autograder.grade import NotebookResult
+
+    for path in sorted((course / "autograded").glob(f"*/{assignment}/{RESULT_FILE}")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            yield path.parent.parent.name, NotebookResult.from_json(data["result"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+
+
+def feedback_html(spec: Any, result: Any, text: str) -> str:
+    """A self-contained HTML page: the score per part and the per-check messages."""
+    rows = []
+    by_part = {p.grade_id: p for p in result.parts}
+    for part in spec.parts:
+        got = by_part.get(part.grade_id)
+        score = f"{got.score:g}" if got else "0"
+        status = got.status if got else result.status
+        rows.append(f"<tr><td>{html.escape(part.grade_id)}</td><td>{score}</td>"
+                    f"<td>{part.points:g}</td><td>{html.escape(status)}</td></tr>")
+    title = f"{spec.title} — feedback for {result.student}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.2em .6em}}
+pre{{background:#f6f6f6;padding:1em;white-space:pre-wrap}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>Score: <b>{result.score:g} / {result.max_score:g}</b> ({html.escape(result.status)})</p>
+<table><tr><th>part</th><th>score</th><th>points</th><th>status</th></tr>
+{''.join(rows)}</table>
+<h2>Checks</h2>
+<pre>{html.escape(text)}</pre>
+<p><small>Graded outside your notebook against virtcore's reference implementation.
+Hidden checks run cases generated for you alone; re-grading gives the same cases.</small></p>
+</body></html>
+"""
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """Write ``feedback/<student>/<assignment>/feedback.html`` from the grading results."""
+    from autograder.grade import feedback_text
+
+    course: Path = args.course
+    spec = get_spec(args.assignment)
+    hidden = hidden_test_lines(source_notebook(course, spec))
+    secret = None
+    with contextlib.suppress(CLIError):
+        secret = load_secret(course).decode(errors="replace")
+    n = 0
+    for student, result in _iter_results(course, spec.name):
+        text = feedback_text(result)
+        page = feedback_html(spec, result, text)
+        shown = page_text(page)
+        leaked = [ln for ln in hidden if ln in shown]
+        if leaked or (secret and secret in shown):
+            raise CLIError(f"feedback for {student} would reveal hidden test code or the"
+                           f" secret ({leaked[:1]}); not written")
+        out = course / "feedback" / student / spec.name
+        _atomic_write(out / "feedback.html", page)
+        sub = course / "submitted" / student / spec.name
+        if (sub / "submission_secret.txt").is_file():
+            # an exchange submission: also under the notebook's name, for `nbgrader
+            # release_feedback`, which needs timestamp.txt and submission_secret.txt beside it
+            _atomic_write(out / (Path(spec.notebook).stem + ".html"), page)
+            for name in ("timestamp.txt", "submission_secret.txt"):
+                if (sub / name).is_file():
+                    shutil.copyfile(sub / name, out / name)
+        n += 1
+    print(f"feedback: wrote {n} page(s) to {course / 'feedback'}/<student>/{spec.name}/")
+    return 0
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the gradebook to CSV (one row per assignment and student, a column per part)."""
+    with CourseGradebook.for_course(args.course, args.db_url) as gb:
+        n = gb.export_csv(Path(args.to), args.assignment or ())
+    print(f"export: {n} row(s) to {args.to}")
+    return 0
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Save the score distribution and the per-check failure rates of an assignment as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    course: Path = args.course
+    spec = get_spec(args.assignment)
+    results = [r for _, r in _iter_results(course, spec.name)]
+    if not results:
+        raise CLIError(f"no grading results for {spec.name}: run `grade` first")
+    out = Path(args.out) if args.out else course / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    total = sum(p.points for p in spec.parts)
+
+    scores = [r.score for r in results]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = min(20, max(5, int(total)))
+    ax.hist(scores, bins=bins, range=(0, total), color="#4477aa", edgecolor="white")
+    mean = sum(scores) / len(scores)
+    ax.axvline(mean, color="#cc3311", linestyle="--", label=f"mean {mean:.1f}")
+    ax.set_xlabel(f"score (out of {total:g})")
+    ax.set_ylabel("students")
+    ax.set_title(f"{spec.name}: score distribution (n={len(scores)})")
+    ax.legend()
+    fig.tight_layout()
+    hist_path = out / f"{spec.name}-scores.png"
+    fig.savefig(hist_path, dpi=100)
+    plt.close(fig)
+
+    names: list[str] = []
+    rates: list[float] = []
+    hidden: list[bool] = []
+    for part in spec.parts:
+        for check in part.checks:
+            seen = fails = 0
+            for r in results:
+                pr = next((p for p in r.parts if p.grade_id == part.grade_id), None)
+                cr = next((c for c in pr.checks if c.name == check.name), None) if pr else None
+                seen += 1
+                if cr is None or not cr.passed:
+                    fails += 1
+            names.append(f"{part.grade_id}/{check.name}")
+            rates.append(fails / seen if seen else 0.0)
+            hidden.append(check.hidden)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * max(4, len(names)) + 1.2))
+    ys = list(range(len(names)))[::-1]
+    ax.barh(ys, [100 * x for x in rates], color=["#ee7733" if h else "#0077bb" for h in hidden])
+    ax.set_yticks(ys, names, fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of submissions failing (orange: hidden checks, blue: visible)")
+    ax.set_title(f"{spec.name}: failure rate per check")
+    fig.tight_layout()
+    checks_path = out / f"{spec.name}-checks.png"
+    fig.savefig(checks_path, dpi=100)
+    plt.close(fig)
+    print(f"report: {hist_path}\nreport: {checks_path}")
+    return 0
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def _summary(fn: Any) -> str:
+    return (fn.__doc__ or "").strip().splitlines()[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m autograder``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--course", type=Path, default=Path("course"),
+                        help="the nbgrader course directory (default: %(default)s)")
+    common.add_argument("--db-url", default=None,
+                        help="gradebook SQLAlchemy URL (default: from nbgrader_config.py)")
+    p = argparse.ArgumentParser(prog="python -m autograder",
+                                description="virtcore's autograder: the instructor's workflow.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
+    s = sub.add_parser("init", parents=[common], help=_summary(cmd_init))
+    s.add_argument("--students", type=Path, default=None,
+                   help="CSV roster: id,first_name,last_name,email (default: course/students.csv)")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("release", parents=[common], help=_summary(cmd_release))
+    s.add_argument("assignment")
+    s.add_argument("--validate", action="store_true",
+                   help="also run `nbgrader validate` on the source and `--invert` on the release")
+    s.set_defaults(func=cmd_release)
+
+    s = sub.add_parser("import", parents=[common], help=_summary(cmd_import))
+    s.add_argument("assignment")
+    s.add_argument("source", help="a folder of per-student folders, a .zip, or an exchange dir")
+    s.add_argument("--regexp", default=DEFAULT_ZIP_REGEXP,
+                   help="file-name pattern for flat zip downloads, with (?P<student_id>...)")
+    s.add_argument("--course-id", default="virtcore",
+                   help="the course id in an nbgrader exchange (default: %(default)s)")
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("grade", parents=[common], help=_summary(cmd_grade))
+    s.add_argument("assignment")
+    s.add_argument("--force", action="store_true", help="regrade what is already graded")
+    s.add_argument("--jobs", "-j", type=int, default=None,
+                   help="parallel grading processes (default: the number of cores)")
+    s.add_argument("--timeout", type=float, default=60.0,
+                   help="wall-clock limit per graded part, seconds (default: %(default)s)")
+    s.add_argument("--student", action="append", default=None,
+                   help="grade only this student (repeatable)")
+    s.set_defaults(func=cmd_grade)
+
+    s = sub.add_parser("feedback", parents=[common], help=_summary(cmd_feedback))
+    s.add_argument("assignment")
+    s.set_defaults(func=cmd_feedback)
+
+    s = sub.add_parser("export", parents=[common], help=_summary(cmd_export))
+    s.add_argument("--to", default="grades.csv", help="CSV file (default: %(default)s)")
+    s.add_argument("--assignment", action="append", default=None,
+                   help="only this assignment (repeatable)")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("report", parents=[common], help=_summary(cmd_report))
+    s.add_argument("assignment")
+    s.add_argument("--out", default=None, help="output folder (default: course/reports)")
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse ``argv`` and run the command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    args.course = Path(args.course).resolve()
+    # nbgrader's Gradebook runs `alembic` by name when it creates a database
+    os.environ["PATH"] = tool_env()["PATH"]
+    try:
+        return int(args.func(args))
+    except (CLIError, GradebookError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: every result written so far is kept; run the command again"
+              " to continue", file=sys.stderr)
+        return 130

@@ -1,0 +1,332 @@
+"""The worker: runs one part of one student's code on the grader's cases, returns traces.
+
+Started by :func:`autograder.sandbox.run_worker` (never import-and-call it in the grader: it
+changes the process for good).  In order:
+
+1. set its resource limits (:class:`autograder.sandbox.Limits`), ignore ``SIGXFSZ``
+   (writes past the file-size limit fail instead of killing it);
+2. read the task (JSON on stdin) and import the assignment module, virtcore and the standard
+   modules students commonly use (after step 4 the interpreter's own directory may be
+   unreadable);
+3. let the assignment capture what it needs before the references go (``worker_setup``);
+4. drop privileges to ``nobody`` when root; forbid new processes (``RLIMIT_NPROC`` 0);
+5. switch the reference implementations off (:func:`autograder.integrity.disable_references`);
+6. execute the preamble (errors ignored), then the student's solution cells in source order,
+   each under a time budget, reporting each cell (``ok``, ``error``, ``not implemented``,
+   ``timeout``, ``integrity``);
+7. build the student's implementation for the part (``build``) and run every case
+   (``run_case``) under a per-case time budget, sending each result as it is done;
+8. send ``done``.
+
+Messages are JSON lines on the result pipe: ``ready``, ``cell-start``/``cell``, ``build``,
+``case-start``/``case``, ``done``, or ``fatal`` (``memory``, ``timeout``, ``error``) just
+before the worker exits on its own.
+
+Student exceptions are values: the message keeps the exception and the student's own frames
+only (``cell handlers_io, line 3, in handle_in``).  ``RecursionError`` is an ordinary error
+of the case; ``MemoryError`` ends the worker (``fatal`` ``memory``) because the memory may
+still be held; a case or cell that runs past its budget is interrupted by ``SIGALRM``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import linecache
+import os
+import resource
+import signal
+import sys
+import traceback
+from types import ModuleType
+from typing import Any
+
+__all__ = ["NOBODY", "BuildError", "main", "student_traceback"]
+
+#: uid and gid the worker drops to when started as root.
+NOBODY = 65534
+
+_PREIMPORT = ("abc", "bisect", "collections", "collections.abc", "copy", "dataclasses",
+              "decimal", "enum", "fractions", "functools", "heapq", "itertools", "math",
+              "numbers", "operator", "random", "re", "statistics", "string", "textwrap",
+              "typing", "hashlib", "contextlib", "array", "struct", "types", "warnings",
+              "weakref", "pprint", "time", "datetime", "json", "traceback", "linecache",
+              "virtcore", "virtcore.hw", "virtcore.vmm", "virtcore.sched", "virtcore.rng",
+              "virtcore.errors")
+_MAX_TEXT = 2000
+_CELL_PREFIX = "<cell "
+
+
+class BuildError(Exception):
+    """The student's namespace lacks what the part needs (raised by an assignment's ``build``)."""
+
+
+class _Budget(BaseException):
+    """Raised by SIGALRM when a cell or a case runs past its time budget."""
+
+
+class _Sink:
+    """Where student ``print`` goes: counted, kept up to a few KiB, never sent anywhere."""
+
+    def __init__(self) -> None:
+        self.kept: list[str] = []
+        self.size = 0
+
+    def write(self, s: str) -> int:
+        n = len(s)
+        if self.size < 4096:
+            self.kept.append(s[: 4096 - self.size])
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _Channel:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, msg: dict[str, Any]) -> None:
+        data = (json.dumps(msg, default=repr) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+
+def student_traceback(exc: BaseException, limit: int = 6) -> str:
+    """The exception and the student's own frames only (cells and preamble), newest last.
+
+    >>> try:
+    ...     exec(compile("def f():\\n    return 1 / 0\\nf()", "<cell p1>", "exec"), {})
+    ... except ZeroDivisionError as e:
+    ...     print(student_traceback(e))
+    cell p1, line 3, in <module>
+    cell p1, line 2, in f
+    ZeroDivisionError: division by zero
+    """
+    frames = []
+    try:
+        summary = traceback.extract_tb(exc.__traceback__, limit=-500)
+    except Exception:  # pragma: no cover - a traceback that cannot be walked
+        summary = traceback.StackSummary()
+    for fr in summary:
+        if fr.filename.startswith(_CELL_PREFIX) or fr.filename.startswith("<preamble"):
+            where = fr.filename.strip("<>")
+            line = f"{where}, line {fr.lineno}, in {fr.name}"
+            if fr.line:
+                line += f": {fr.line.strip()}"
+            frames.append(line)
+    if len(frames) > limit:
+        frames = [*frames[: limit // 2], f"... {len(frames) - limit} more frames ...",
+                  *frames[-(limit - limit // 2):]]
+    try:
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    except Exception:  # pragma: no cover - a broken __str__
+        text = type(exc).__name__
+    out = "\n".join([*frames, text])
+    return out if len(out) <= _MAX_TEXT else out[: _MAX_TEXT - 1] + "…"
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise _Budget()
+
+
+def _set_limits(lim: dict[str, Any]) -> None:
+    def setl(kind: int, value: int, extra: int = 0) -> None:
+        try:
+            _, hard = resource.getrlimit(kind)
+            if hard != resource.RLIM_INFINITY and value + extra > hard:
+                value, extra = hard, 0
+            resource.setrlimit(kind, (value, value + extra))
+        except (ValueError, OSError):
+            pass
+
+    setl(resource.RLIMIT_AS, int(lim["address_space_bytes"]))
+    # soft < hard: the soft limit sends SIGXCPU (reported as a timeout), the hard one SIGKILL
+    setl(resource.RLIMIT_CPU, int(lim["cpu_seconds"]), 1)
+    setl(resource.RLIMIT_FSIZE, int(lim["file_size_bytes"]))
+    setl(resource.RLIMIT_NOFILE, int(lim["open_files"]))
+    setl(resource.RLIMIT_CORE, 0)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _drop_privileges(enabled: bool) -> dict[str, Any]:
+    info: dict[str, Any] = {"uid": os.getuid(), "dropped": False}
+    if enabled and os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:  # pragma: no cover - would mean the drop failed
+            raise SystemExit("could not drop privileges")
+        info = {"uid": os.getuid(), "dropped": True}
+    os.umask(0o077)
+    if hasattr(resource, "RLIMIT_NPROC"):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    return info
+
+
+def _compile(source: str, name: str) -> Any:
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    return compile(source, name, "exec")
+
+
+class _Runner:
+    def __init__(self, channel: _Channel, task: dict[str, Any], module: ModuleType) -> None:
+        self.ch = channel
+        self.task = task
+        self.module = module
+        self.cell_seconds = float(task.get("cell_timeout", 5.0))
+        self.case_seconds = float(task.get("case_timeout", 2.0))
+
+    def timed(self, seconds: float, fn: Any, *args: Any) -> Any:
+        signal.setitimer(signal.ITIMER_REAL, max(0.01, seconds))
+        try:
+            return fn(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def fatal(self, kind: str, message: str, **extra: Any) -> None:
+        self.ch.send({"type": "fatal", "kind": kind, "message": message, **extra})
+        os._exit(3)
+
+    def run(self) -> None:
+        from autograder import integrity
+
+        task = self.task
+        part = task["part"]
+        setup = self.module.worker_setup(part)
+        info = _drop_privileges(bool(task.get("drop_privileges", True)))
+        guard = integrity.disable_references(self.module.REFERENCES)
+        sink = _Sink()
+        sys.stdout = sink  # type: ignore[assignment]
+        sys.stderr = sink  # type: ignore[assignment]
+        self.ch.send({"type": "ready", **info})
+        ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        for i, code in enumerate(task.get("preamble", [])):
+            try:
+                self.timed(self.cell_seconds, exec, _compile(code, f"<preamble {i}>"), ns)
+            except MemoryError:
+                self.fatal("memory", "the notebook's set-up code ran out of memory")
+            except BaseException:  # the instructor's set-up: its errors are not the student's
+                pass
+        for cell in task.get("cells", []):
+            gid = cell["grade_id"]
+            self.ch.send({"type": "cell-start", "grade_id": gid})
+            guard.record(True)
+            result = self.exec_cell(cell["source"], gid, ns)
+            guard.record(False)
+            hit = integrity.touched(clear=True)
+            if hit:
+                result = {"status": "integrity", "error": f"used {hit[0]}"}
+            self.ch.send({"type": "cell", "grade_id": gid, **result})
+        try:
+            guard.record(True)
+            impl = self.module.build(ns, part, setup)
+        except BuildError as e:
+            self.ch.send({"type": "build", "ok": False, "error": str(e)[:_MAX_TEXT]})
+            self.ch.send({"type": "done"})
+            return
+        except MemoryError:
+            self.fatal("memory", "ran out of memory while collecting your definitions")
+        except BaseException as e:
+            self.ch.send({"type": "build", "ok": False, "error": student_traceback(e)})
+            self.ch.send({"type": "done"})
+            return
+        finally:
+            guard.record(False)
+        hit = integrity.touched(clear=True)
+        self.ch.send({"type": "build", "ok": True, "touched": hit})
+        for i, case in enumerate(task.get("cases", [])):
+            self.ch.send({"type": "case-start", "index": i})
+            guard.record(True)
+            try:
+                out = self.timed(self.case_seconds, self.module.run_case, impl, case)
+                res: dict[str, Any] = {"type": "case", "index": i, "result": out}
+            except _Budget:
+                self.fatal("timeout", f"case {i} ran longer than {self.case_seconds:g} s"
+                           " (an infinite loop?)", index=i)
+            except MemoryError:
+                self.fatal("memory", f"case {i} ran out of memory", index=i)
+            except BaseException as e:
+                res = {"type": "case", "index": i, "error": student_traceback(e),
+                       "error_type": type(e).__name__}
+            finally:
+                guard.record(False)
+            hit = integrity.touched(clear=True)
+            if hit:
+                res["touched"] = hit
+            self.ch.send(res)
+        self.ch.send({"type": "done", "printed": sink.size})
+
+    def exec_cell(self, source: str, gid: str, ns: dict[str, Any]) -> dict[str, Any]:
+        try:
+            code = _compile(source, f"{_CELL_PREFIX}{gid}>")
+        except (SyntaxError, ValueError) as e:
+            return {"status": "error", "error": student_traceback(e) if not isinstance(
+                e, SyntaxError) else _syntax(e, gid)}
+        try:
+            self.timed(self.cell_seconds, exec, code, ns)
+        except _Budget:
+            return {"status": "timeout",
+                    "error": f"running the cell took longer than {self.cell_seconds:g} s"}
+        except MemoryError:
+            self.fatal("memory", f"cell {gid} ran out of memory", grade_id=gid)
+        except NotImplementedError as e:
+            return {"status": "not implemented", "error": student_traceback(e)}
+        except BaseException as e:
+            from autograder.integrity import IntegrityError
+
+            status = "integrity" if isinstance(e, IntegrityError) else "error"
+            return {"status": status, "error": student_traceback(e)}
+        return {"status": "ok"}
+
+
+def _syntax(e: SyntaxError, gid: str) -> str:
+    text = (e.text or "").rstrip("\n")
+    return f"cell {gid}, line {e.lineno}: SyntaxError: {e.msg}" + (f"\n    {text}" if text else "")
+
+
+def main(argv: list[str]) -> None:
+    """Entry point of the worker process (``argv``: result fd, limits as JSON)."""
+    fd = int(argv[0])
+    limits = json.loads(argv[1]) if len(argv) > 1 else {}
+    if limits:
+        _set_limits(limits)
+    ch = _Channel(fd)
+    raw = sys.stdin.buffer.read()
+    task = json.loads(raw)
+    if task.get("ping"):
+        ch.send({"type": "ready", "uid": os.getuid()})
+        ch.send({"type": "done"})
+        return
+    for name in _PREIMPORT:
+        with contextlib.suppress(ImportError):  # a module missing from this Python
+            __import__(name)
+    from autograder import assignments
+
+    module = assignments.module(task["assignment"])
+    signal.signal(signal.SIGALRM, _alarm)
+    task["drop_privileges"] = bool(limits.get("drop_privileges", True))
+    runner = _Runner(ch, task, module)
+    try:
+        runner.run()
+    except MemoryError:
+        runner.fatal("memory", "ran out of memory")
+    except _Budget:
+        runner.fatal("timeout", "ran past its time budget")
+    except BaseException as e:  # a bug of the worker itself, or a student's SystemExit
+        runner.fatal("error", f"the worker stopped: {type(e).__name__}: {str(e)[:500]}")
+    sys.stdout = sys.__stdout__
+    sys.stderr = sys.__stderr__
+    os._exit(0)

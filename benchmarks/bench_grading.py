@@ -1,0 +1,133 @@
+"""Grading throughput: plain sequential ``nbgrader autograde`` vs ``python -m autograder grade``.
+
+The same 20 submissions — copies of one correct notebook of assignment 1 (trap-and-emulate)
+under 20 student ids — graded twice in one run, each time in a fresh copy of the course:
+
+- **nbgrader autograde**: one ``nbgrader autograde a1_trap_and_emulate`` over the whole
+  class, nbgrader's normal sequential way (one kernel per notebook, every cell of the
+  notebook executed: the visible checks and the hidden tests of the test cells);
+- **autograder grade**: ``python -m autograder grade a1_trap_and_emulate`` with the default
+  ``--jobs`` (one grading process per core), which runs only the solution cells, in
+  sandboxed workers, one per part, on the per-student cases, and writes the gradebook.
+
+Both timings are wall-clock seconds of the whole command, start-up included (nbgrader's and
+ours each import nbgrader once, ~3 s).  Target: ours ≥ 1.8× nbgrader's throughput on a
+2-core machine (nbgrader run by hand in parallel, one process per student, reached 1.47×).
+The two do not run the same checks — that is the point: ours grades outside the student's
+kernel, on hidden cases of its own; the figures compare what an instructor waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks._util import Row
+
+REPO = Path(__file__).resolve().parent.parent
+ASSIGNMENT = "a1_trap_and_emulate"
+NOTEBOOK = "trap_and_emulate.ipynb"
+STUDENTS = 20
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["JUPYTER_PREFER_ENV_PATH"] = "1"
+    env["PYTHONPATH"] = str(REPO)
+    env.pop("VIRTCORE_GRADEBOOK_URL", None)
+    env.pop("VIRTCORE_COURSE_SECRET", None)
+    return env
+
+
+def _run(args: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True,
+                          check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} failed:\n{proc.stdout[-2000:]}"
+                           f"\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def _solved(release: Path, source: Path) -> dict[str, object]:
+    """The released notebook with the source's solution code in its answer cells."""
+    src = json.loads(source.read_text())
+    answers = {}
+    for cell in src["cells"]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("solution"):
+            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            answers[meta["grade_id"]] = "\n".join(
+                ln for ln in text.splitlines() if "SOLUTION" not in ln)
+    nb = json.loads(release.read_text())
+    for cell in nb["cells"]:
+        gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if gid in answers:
+            cell["source"] = answers[gid]
+    return nb
+
+
+def _course(root: Path, name: str, notebook: dict[str, object]) -> Path:
+    course = root / name
+    course.mkdir()
+    shutil.copy(REPO / "course" / "nbgrader_config.py", course)
+    shutil.copytree(REPO / "course" / "source", course / "source")
+    secret = course / ".course_secret"
+    secret.write_text("benchmark-secret\n")
+    secret.chmod(0o600)
+    for i in range(STUDENTS):
+        d = course / "submitted" / f"student{i:02d}" / ASSIGNMENT
+        d.mkdir(parents=True)
+        (d / NOTEBOOK).write_text(json.dumps(notebook))
+    return course
+
+
+def run() -> list[Row]:
+    """Grade the same 20 submissions with nbgrader autograde and with our grade; time both."""
+    with tempfile.TemporaryDirectory(prefix="virtcore-bench-") as tmp:
+        root = Path(tmp)
+        setup = root / "setup"
+        setup.mkdir()
+        shutil.copy(REPO / "course" / "nbgrader_config.py", setup)
+        shutil.copytree(REPO / "course" / "source", setup / "source")
+        _run([sys.executable, "-m", "nbgrader", "generate_assignment", ASSIGNMENT], setup)
+        notebook = _solved(setup / "release" / ASSIGNMENT / NOTEBOOK,
+                           setup / "source" / ASSIGNMENT / NOTEBOOK)
+
+        nbg = _course(root, "nbgrader", notebook)
+        _run([sys.executable, "-m", "nbgrader", "generate_assignment", ASSIGNMENT], nbg)
+        t_nbgrader = _run([sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT], nbg)
+
+        ours = _course(root, "ours", notebook)
+        _run([sys.executable, "-m", "autograder", "release", ASSIGNMENT, "--course",
+              str(ours)], REPO)
+        t_ours = _run([sys.executable, "-m", "autograder", "grade", ASSIGNMENT, "--course",
+                       str(ours)], REPO)
+        scores = [json.loads((ours / "autograded" / f"student{i:02d}" / ASSIGNMENT /
+                              "virtcore-result.json").read_text())["result"]["score"]
+                  for i in range(STUDENTS)]
+        t_resume = _run([sys.executable, "-m", "autograder", "grade", ASSIGNMENT, "--course",
+                         str(ours)], REPO)
+    if set(scores) != {45.0}:
+        raise RuntimeError(f"the correct submissions did not all score 45: {scores}")
+    cores = os.cpu_count() or 1
+    per_nbg = t_nbgrader / STUDENTS
+    per_ours = t_ours / STUDENTS
+    return [
+        Row("nbgrader autograde (sequential), per submission", per_nbg, "s",
+            f"{STUDENTS} notebooks in {t_nbgrader:.1f} s"),
+        Row(f"autograder grade (--jobs {cores}), per submission", per_ours, "s",
+            f"{STUDENTS} notebooks in {t_ours:.1f} s"),
+        Row("throughput ratio (ours / nbgrader's)", per_nbg / per_ours, "x",
+            "target >= 1.8 on 2 cores"),
+        Row("autograder grade again (all cached: resumable)", t_resume, "s",
+            "re-run skips graded work"),
+    ]

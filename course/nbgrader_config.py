@@ -1,0 +1,80 @@
+"""nbgrader configuration of the virtcore course (nbgrader 0.9.x).
+
+Read by every ``nbgrader`` command run in this directory (and by JupyterLab's
+formgrader when the server starts here), and by ``python -m autograder``, which
+takes the course id and the gradebook URL from it.
+
+Scores come from ``python -m autograder grade`` (differential checks outside the
+student's kernel, see ``../autograder/``); ``nbgrader autograde`` still works on
+this course, and its settings here keep it honest: a deleted test cell is put
+back, a timeout ends a cell, and generated feedback never shows hidden tests.
+"""
+
+import os
+
+from nbgrader.preprocessors import NbGraderPreprocessor
+from nbgrader.utils import is_grade, is_solution
+
+c = get_config()  # noqa: F821 - injected by traitlets' config loader
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# -- the course -------------------------------------------------------------------------------
+c.CourseDirectory.course_id = "virtcore"
+c.CourseDirectory.root = HERE
+# The gradebook: nbgrader's SQLite file here by default; any SQLAlchemy URL on a shared
+# deployment (e.g. postgresql://nbgrader@db/virtcore), from the environment.
+c.CourseDirectory.db_url = os.environ.get(
+    "VIRTCORE_GRADEBOOK_URL", "sqlite:///" + os.path.join(HERE, "gradebook.db")
+)
+# Exchange: JupyterHub's shared /srv/nbgrader/exchange unless told otherwise.
+if os.environ.get("VIRTCORE_EXCHANGE"):
+    c.Exchange.root = os.environ["VIRTCORE_EXCHANGE"]
+
+# -- generate_assignment ----------------------------------------------------------------------
+# The course header (how grading works, what to do before submitting) opens every release.
+c.IncludeHeaderFooter.header = os.path.join(HERE, "source", "header.ipynb")
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# -- autograde (nbgrader's own; the course's scores come from `python -m autograder grade`) --
+# A deleted test cell is restored from the gradebook instead of becoming "manual grading".
+c.OverwriteCells.add_missing_cells = True
+# Per-cell timeout, seconds (nbgrader has no per-notebook limit): the graded checks run a
+# few dozen small guests or scheduler runs, well under a second each.
+c.Execute.timeout = 60
+c.Execute.interrupt_on_timeout = True
+c.ExecutePreprocessor.kernel_name = "python3"
+c.Execute.kernel_name = "python3"
+
+
+# -- generate_feedback: never show hidden tests -------------------------------------------------
+class HideTestTracebacks(NbGraderPreprocessor):
+    """Reduce every autograder test cell's outputs to one line per error, without code.
+
+    nbgrader's feedback shows the test cells with their outputs; an IPython
+    traceback quotes the failing source lines, so a failing *hidden* test would
+    leak its code even after ``ClearHiddenTests`` removed it from the cell
+    (nbgrader issues #917, #1363).  Printed output of a test cell is dropped as
+    well (a hidden check could print its cases); the error name and message stay,
+    so students still learn which check failed and why.
+    """
+
+    def preprocess_cell(self, cell, resources, cell_index):  # type: ignore[no-untyped-def]
+        if cell.cell_type == "code" and is_grade(cell) and not is_solution(cell):
+            kept = []
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    line = f"{out.get('ename', 'Error')}: {out.get('evalue', '')}".rstrip(": ")
+                    out["traceback"] = [line + "  (test code hidden)"]
+                    kept.append(out)
+            cell["outputs"] = kept
+        return cell, resources
+
+
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.ClearHiddenTests",
+    HideTestTracebacks,
+    "nbgrader.preprocessors.GetGrades",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]

@@ -1,0 +1,89 @@
+"""The submission catalogue of assignment 2 (the credit scheduler), graded by the real pipeline;
+per-student variants and deterministic re-grading."""
+
+from __future__ import annotations
+
+import pytest
+
+from autograder.assignments import a2_credit_scheduler as a2
+from autograder.grade import NotebookResult
+
+A2 = "a2_credit_scheduler"
+FULL = {"credit_accounting": 15.0, "credit_boost": 10.0, "credit_caps": 10.0,
+        "credit_multi_pcpu": 10.0}
+
+
+def test_correct_solution_scores_full_marks(course, ag):
+    result = course.grade_cells(A2, ag.submission_cells(A2))
+    assert ag.scores(result) == {gid: (pts, "ok") for gid, pts in FULL.items()}
+    assert result.score == 45
+
+
+def test_ignoring_caps_and_not_stealing_cost_only_those_parts(course, ag):
+    result = course.grade_cells(A2, ag.submission_cells(A2, "a2_ignores_caps.py",
+                                                        "a2_no_steal.py"))
+    got = ag.scores(result)
+    assert got["credit_accounting"] == (15.0, "ok")
+    assert got["credit_boost"] == (10.0, "ok")
+    caps = result.part("credit_caps")
+    assert caps.score == 0
+    assert all("more than its cap" in c.message for c in caps.checks)
+    multi = result.part("credit_multi_pcpu")
+    assert multi.score < 10
+    failed = [c for c in multi.checks if not c.passed]
+    assert any("idle" in c.message or "busy" in c.message for c in failed)
+
+
+def test_infinite_loop_reached_only_by_capped_workloads_costs_the_caps_part(course, ag,
+                                                                         monkeypatch):
+    monkeypatch.setattr(a2, "CASE_TIMEOUT", 1.0)  # the per-case budget sent to the worker
+    result = course.grade_cells(A2, ag.submission_cells(A2, "a2_caps_loop.py"))
+    got = ag.scores(result)
+    assert got["credit_caps"] == (0.0, "timeout")
+    assert "longer than 1 s" in result.part("credit_caps").reason
+    assert got["credit_accounting"] == (15.0, "ok")
+    assert got["credit_boost"] == (10.0, "ok")
+    assert got["credit_multi_pcpu"] == (10.0, "ok")
+
+
+def test_calling_the_reference_scores_zero_where_it_is_used(course, ag):
+    result = course.grade_cells(A2, ag.submission_cells(A2, "a2_calls_reference.py"))
+    caps = result.part("credit_caps")  # the scan flags the cell
+    assert (caps.score, caps.status) == (0.0, "integrity")
+    assert "[reference]" in caps.reason and "virtcore.sched.credit_shares" in caps.reason
+    for gid in ("credit_accounting", "credit_boost", "credit_multi_pcpu"):
+        part = result.part(gid)  # the cell ran for these parts, and the reference was off
+        assert (part.score, part.status) == (0.0, "integrity"), gid
+        assert "credit_shares" in part.reason
+
+
+@pytest.fixture(scope="module")
+def no_boost(course, ag) -> dict[str, NotebookResult]:
+    cells = ag.submission_cells(A2, "a2_no_boost.py")
+    path = course.submit(A2, "shared", ag.notebook(A2, cells))
+    return {"alice": course.grade(A2, path, "alice"), "bob": course.grade(A2, path, "bob"),
+            "alice again": course.grade(A2, path, "alice")}
+
+
+def test_no_boost_loses_only_the_boost_part(no_boost):
+    result = no_boost["alice"]
+    boost = result.part("credit_boost")
+    assert boost.score < 5
+    assert any("waited" in c.message and "BOOST" in c.message for c in boost.checks)
+    assert {p.grade_id: p.score for p in result.parts if p.grade_id != "credit_boost"} == {
+        gid: pts for gid, pts in FULL.items() if gid != "credit_boost"}
+
+
+def test_students_get_different_hidden_cases_and_regrading_is_identical(no_boost):
+    alice, bob, again = no_boost["alice"], no_boost["bob"], no_boost["alice again"]
+
+    def hidden_seed(r: NotebookResult) -> int | None:
+        return next(c.seed for c in r.part("credit_boost").checks if c.hidden)
+
+    assert hidden_seed(alice) is not None and hidden_seed(bob) is not None
+    assert hidden_seed(alice) != hidden_seed(bob)
+    strip = lambda r: {**r.to_json(), "seconds": 0}  # noqa: E731
+    assert strip(again) == strip(alice)
+    visible = {c.name: c.message for c in alice.part("credit_boost").checks if not c.hidden}
+    assert visible == {c.name: c.message for c in bob.part("credit_boost").checks
+                       if not c.hidden}
