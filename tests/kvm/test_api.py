@@ -119,3 +119,11 @@ def test_kvm_run_data_is_bounded_by_the_mapping() -> None:
     with pytest.raises(KvmUsageError):
         run.data(4096, 1)
     assert len(vcpu.mmap().data(4096, 4)) == 4
+
+
+def test_model_and_real_descriptors_name_their_kind_alike():
+    from virtcore.kvm import open_kvm
+
+    kvm = open_kvm(backend="model")
+    vm = kvm.create_vm()
+    assert (kvm.kind, vm.kind, vm.create_vcpu(0).kind) == ("system", "vm", "vcpu")

@@ -182,9 +182,11 @@ def reset_sregs() -> kvm_sregs:
 
 # ---------------------------------------------------------------------------
 class _ModelFd:
-    """What the three model descriptors share: a number, a creator process, close()."""
+    """What the three model descriptors share: a number, a creator process, close().
 
-    kind = "kvm"
+    It sets no ``kind``: each descriptor takes it from its API class
+    (``SystemFd.kind == "system"``, as the real backend reports).
+    """
 
     def __init__(self) -> None:
         self._fd = next(_fd_numbers)

@@ -14,6 +14,8 @@ shows:
   migration plots, the trap stepper, the comparison of the three fixes.
 - :mod:`virtcore.viz.sched` — Gantt charts, shares, the scheduler playground.
 - :mod:`virtcore.viz.selfcheck_ch2` — chapter 2's self-check questions.
+- :mod:`virtcore.viz.kvm` — ioctl and exit tables, device-path and TCG-vs-KVM
+  plots for the KVM walkthrough; :mod:`virtcore.viz.selfcheck_kvm` its questions.
 
 Rules every module here follows:
 
