@@ -43,7 +43,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from virtcore.errors import DecodeError
 from virtcore.hw.events import (
@@ -492,7 +492,7 @@ class CPU:
         self.pc = tvec
         return None
 
-    def _check_interrupts(self) -> Event | bool | None:
+    def _check_interrupts(self) -> Event | Literal[False] | None:
         """Deliver a pending interrupt if one can be taken.
 
         Returns False when nothing was pending or deliverable, else the
@@ -918,11 +918,13 @@ class CPU:
     def _peek_pa(self, vaddr: int) -> int | None:
         """Physical address of ``vaddr`` without side effects (for traces)."""
         mmu = self.mmu
-        if not mmu.enabled and mmu.nested is None:
-            pa = vaddr
+        pa: int | None
+        if mmu.enabled:
+            pa = mmu.walk(vaddr).paddr
+        elif mmu.nested is not None:
+            pa = mmu.nested.walk(vaddr).paddr
         else:
-            w = mmu.walk(vaddr) if mmu.enabled else mmu.nested.walk(vaddr)  # type: ignore[union-attr]
-            pa = w.paddr
+            pa = vaddr
         if pa is None or pa >= self.memory.size or pa & 3:
             return None
         return pa

@@ -41,18 +41,18 @@ def block(cpu, R, limit, ...):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from virtcore.hw.events import Access, Privilege, TrapCause
-from virtcore.hw.isa import SP, Kind, decode, sext16
+from virtcore.hw.isa import SP, Instruction, Kind, decode, sext16
 
 if TYPE_CHECKING:
     from virtcore.hw.cpu import CPU
 
 MAX_BLOCK = 64
 _M = "0xFFFFFFFF"
-_MISSING = object()
 
 
 @dataclass
@@ -64,26 +64,26 @@ class Block:
     length: int
     loop: bool
     source: str
-    fn: object
+    fn: Callable[..., int]
 
 
 class _Gen:
     """Generates the Python source of one block."""
 
-    def __init__(self, insns: list[tuple[int, int, object]], kind: int, user: bool) -> None:
+    def __init__(self, insns: list[tuple[int, int, Instruction]], kind: int, user: bool) -> None:
         self.insns = insns
         self.kind = kind  # 0: physical, 1: paging MMU, 2: nested-only (EPT, guest paging off)
         self.user = user and kind == 1
         self.start = insns[0][0]
         self.length = len(insns)
         last_pc, last_word, last_row = insns[-1]
-        self.term = last_row if last_row.kind is Kind.BRANCH else None  # type: ignore[attr-defined]
+        self.term = last_row if last_row.kind is Kind.BRANCH else None
         self.loop = False
         if self.term is not None and self.term.mnemonic in ("jmp", "jz", "jnz", "jlt", "jge"):
             target = (last_pc + 4 * sext16(last_word)) & 0xFFFFFFFF
             self.loop = target == self.start
-        self.has_cmp = any(r.mnemonic in ("cmp", "cmpi") for _, _, r in insns)  # type: ignore[attr-defined]
-        self.has_mem = any(r.mnemonic in ("ld", "st", "push", "pop", "call", "ret")  # type: ignore[attr-defined]
+        self.has_cmp = any(r.mnemonic in ("cmp", "cmpi") for _, _, r in insns)
+        self.has_mem = any(r.mnemonic in ("ld", "st", "push", "pop", "call", "ret")
                            for _, _, r in insns)
         self.written: set[int] = set()
         self.read: set[int] = set()
@@ -184,8 +184,8 @@ class _Gen:
             "jge": "(ca ^ 0x80000000) >= (cb ^ 0x80000000)",
         }[mnemonic]
 
-    def insn(self, i: int, pc: int, word: int, row: object) -> None:
-        m = row.mnemonic  # type: ignore[attr-defined]
+    def insn(self, i: int, pc: int, word: int, row: Instruction) -> None:
+        m = row.mnemonic
         rd, rs, imm = (word >> 20) & 0xF, (word >> 16) & 0xF, word & 0xFFFF
         s = sext16(imm)
         nxt = f"{(pc + 4) & 0xFFFFFFFF:#x}"
@@ -278,7 +278,7 @@ class _Gen:
                 self.load("v", sp, 0, i, last_pc)
                 self.emit(f"{sp} = ({sp} + 4) & {_M}")
                 self.exit("v", str(L), 0)
-        lines = []
+        lines: list[str] = []
         for line in self.lines:
             if line.strip() == "@WRITEBACK@":
                 pad = line[: len(line) - len(line.lstrip())]
@@ -351,8 +351,9 @@ class Translator:
             return 0
         mmu = cpu.mmu
         user = cpu.mode is Privilege.USER
-        if mmu.enabled or mmu.nested is not None:
-            tr = mmu if mmu.enabled else mmu.nested
+        nested = mmu.nested
+        if mmu.enabled or nested is not None:
+            tr = mmu if mmu.enabled or nested is None else nested
             cfg = tr.config
             e = cpu.itlb.entries.get(pc >> cfg.page_bits)
             if e is None or (user and tr is mmu and not e & 4):
@@ -363,12 +364,13 @@ class Translator:
         else:
             ppc = pc
             key = (ppc, user, 0, 0)
-        blk = self.cache.get(key, _MISSING)
-        if blk is _MISSING:
+        if key in self.cache:
+            blk = self.cache[key]
+        else:
             blk = self.translate(pc, ppc, key)
-        if blk is None or blk.length > avail:  # type: ignore[union-attr]
+        if blk is None or blk.length > avail:
             return 0
-        n = blk.fn(cpu, cpu.regs, avail)  # type: ignore[union-attr]
+        n: int = blk.fn(cpu, cpu.regs, avail)
         if key[2]:  # every instruction fetched from this page hit the iTLB entry
             cpu.itlb.tlb.lookups += n + (cpu._pending is not None)
         return n
@@ -379,7 +381,7 @@ class Translator:
         mem = cpu.memory
         words = mem.words
         page = mem.frame_size
-        insns: list[tuple[int, int, object]] = []
+        insns: list[tuple[int, int, Instruction]] = []
         if ppc < mem.size:
             for i in range(MAX_BLOCK):
                 pa = ppc + 4 * i
@@ -408,12 +410,13 @@ class Translator:
             "AC": TrapCause.ALIGNMENT_CHECK, "RD": Access.READ, "WR": Access.WRITE,
             "TG": None, "RF": None, "DT": None, "FM": 0, "OM": 0, "PB": 0,
         }
-        if tr is not None:
+        if key[2]:
+            assert tr is not None  # kind 1/2 blocks exist only while that MMU translates
             cfg = tr.config
             ns.update(TG=tr.tlb.entries.get, RF=tr.refill, DT=tr.tlb, PB=cfg.page_bits,
                       OM=cfg.offset_mask, FM=~cfg.offset_mask)
         exec(compile(source, f"<block {vpc:#x}>", "exec"), ns)
-        blk = Block(vpc, ppc, len(insns), gen.loop, source, ns["block"])
+        blk = Block(vpc, ppc, len(insns), gen.loop, source, ns["block"])  # type: ignore[arg-type]
         self.cache[key] = blk
         frame = ppc // page
         self.by_frame.setdefault(frame, []).append(key)
