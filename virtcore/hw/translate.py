@@ -364,10 +364,7 @@ class Translator:
         else:
             ppc = pc
             key = (ppc, user, 0, 0)
-        if key in self.cache:
-            blk = self.cache[key]
-        else:
-            blk = self.translate(pc, ppc, key)
+        blk = self.cache[key] if key in self.cache else self.translate(pc, ppc, key)
         if blk is None or blk.length > avail:
             return 0
         n: int = blk.fn(cpu, cpu.regs, avail)
