@@ -14,5 +14,5 @@ with the reference it computes itself (:mod:`autograder.grade`).
 
 >>> from autograder.assignments import REGISTRY
 >>> sorted(REGISTRY)
-['a1_trap_and_emulate', 'a2_credit_scheduler']
+['a1_trap_and_emulate', 'a2_credit_scheduler', 'a3_userspace_vmm']
 """
