@@ -21,13 +21,11 @@ of the first row says which case was measured.
 from __future__ import annotations
 
 import itertools
-import statistics
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import Row
+from benchmarks._util import Row, median_ms, time_notebook, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "notebooks" / "01-architectures.ipynb"
@@ -35,16 +33,6 @@ CALLBACK_TARGET_MS = 100.0
 NOTEBOOK_TARGET_S = 30.0
 
 
-def median_ms(fn: Callable[[], object], calls: int = 20, warmup: int = 2) -> tuple[float, float]:
-    """Median and maximum wall time of ``fn()`` in milliseconds, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times), 1000 * max(times)
 
 
 def _cycling(setter: Callable[[Any], None], values: Iterable[Any]) -> Callable[[], None]:
@@ -152,20 +140,9 @@ def time_callbacks(calls: int = 20) -> dict[str, dict[str, float]]:
 
 def time_chapter(path: Path = CHAPTER) -> float:
     """Seconds to run the chapter headless with nbclient (kernel ``python3``), start included."""
-    import nbclient
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    t0 = time.perf_counter()
-    nbclient.NotebookClient(
-        nb, timeout=60, kernel_name="python3", shutdown_kernel="immediate",
-        resources={"metadata": {"path": str(path.parent)}},
-    ).execute()
-    return time.perf_counter() - t0
+    return time_notebook(path)
 
 
-def _verdict(value: float, target: float) -> str:
-    return f"target <= {target:g}: {'ok' if value <= target else 'OVER'}"
 
 
 def run() -> list[Row]:
@@ -176,7 +153,7 @@ def run() -> list[Row]:
     font = cjk_font()
     rows = []
     for i, (name, t) in enumerate(timings.items()):
-        note = _verdict(t["redraw_ms"], CALLBACK_TARGET_MS)
+        note = verdict(t["redraw_ms"], CALLBACK_TARGET_MS)
         if i == 0:
             note += f" (labels: {'Chinese + English, ' + font if font else 'English only'})"
         rows += [
@@ -186,7 +163,7 @@ def run() -> list[Row]:
         ]
     seconds = time_chapter()
     rows.append(Row("01-architectures.ipynb headless (nbclient, python3)", seconds, "s",
-                    _verdict(seconds, NOTEBOOK_TARGET_S)))
+                    verdict(seconds, NOTEBOOK_TARGET_S)))
     return rows
 
 

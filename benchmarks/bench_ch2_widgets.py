@@ -21,13 +21,11 @@ matplotlib runs on the Agg backend; any pyplot figure left open is an error.
 from __future__ import annotations
 
 import itertools
-import statistics
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import Row
+from benchmarks._util import Row, median_ms, time_notebook, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "notebooks" / "02-vm-and-vmm.ipynb"
@@ -36,16 +34,6 @@ NOTEBOOK_TARGET_S = 30.0
 CALLS = 20
 
 
-def median_ms(fn: Callable[[], object], calls: int = CALLS, warmup: int = 2) -> tuple[float, float]:
-    """Median and maximum wall time of ``fn()`` in milliseconds, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times), 1000 * max(times)
 
 
 def _cycling(fn: Callable[[Any], object], values: Iterable[Any]) -> Callable[[], None]:
@@ -166,20 +154,9 @@ def time_trace() -> float:
 
 def time_chapter(path: Path = CHAPTER) -> float:
     """Seconds to run the chapter headless with nbclient (kernel ``python3``), start included."""
-    import nbclient
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    t0 = time.perf_counter()
-    nbclient.NotebookClient(
-        nb, timeout=60, kernel_name="python3", shutdown_kernel="immediate",
-        resources={"metadata": {"path": str(path.parent)}},
-    ).execute()
-    return time.perf_counter() - t0
+    return time_notebook(path)
 
 
-def _verdict(value: float, target: float) -> str:
-    return f"target <= {target:g}: {'ok' if value <= target else 'OVER'}"
 
 
 def run() -> list[Row]:
@@ -188,7 +165,7 @@ def run() -> list[Row]:
     for name, t in time_callbacks().items():
         rows += [
             Row(f"{name}: callback (change/click -> redraw), median of {CALLS}",
-                t["callback_ms"], "ms", _verdict(t["callback_ms"], CALLBACK_TARGET_MS)),
+                t["callback_ms"], "ms", verdict(t["callback_ms"], CALLBACK_TARGET_MS)),
             Row("  slowest of them", t["callback_max_ms"], "ms"),
             Row("  pure function (no PNG render), median", t["pure_ms"], "ms"),
         ]
@@ -196,7 +173,7 @@ def run() -> list[Row]:
                     "ms"))
     seconds = time_chapter()
     rows.append(Row("02-vm-and-vmm.ipynb headless (nbclient, python3)", seconds, "s",
-                    _verdict(seconds, NOTEBOOK_TARGET_S)))
+                    verdict(seconds, NOTEBOOK_TARGET_S)))
     return rows
 
 
