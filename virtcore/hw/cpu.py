@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from virtcore.errors import DecodeError
+from virtcore.hw.asm import format_instruction
 from virtcore.hw.events import (
     Access,
     ExitReason,
@@ -423,6 +424,10 @@ class CPU:
         return True
 
     # slow paths called from translated blocks ---------------------------
+    def _block_code_write(self, paddr: int) -> None:
+        """A translated store hit a frame holding translated code: drop its blocks."""
+        self.translator.invalidate_frame(paddr // self.memory.frame_size)
+
     def _block_fault(self, cause: TrapCause | PageFault, address: int, pc: int) -> None:
         self._pending = (cause, address, pc)
 
@@ -900,8 +905,6 @@ class CPU:
             executed += 1
 
     def _trace_entry(self, pc: int, mode: Privilege, ev: Event | None) -> TraceEntry:
-        from virtcore.hw.asm import format_instruction
-
         pa = self._peek_pa(pc)
         word = self.memory.words[pa >> 2] if pa is not None else None
         if word is None:

@@ -320,10 +320,6 @@ class Translator:
         self.compiled = 0
         self.invalidations = 0
         cpu.memory.on_code_write = self.invalidate_frame
-        cpu._block_code_write = self._code_write  # type: ignore[attr-defined]
-
-    def _code_write(self, paddr: int) -> None:
-        self.invalidate_frame(paddr // self.cpu.memory.frame_size)
 
     def invalidate_frame(self, frame: int) -> None:
         """Drop every block read from physical ``frame``."""
