@@ -67,6 +67,11 @@ class Costs:
     tlb_flush: float = 500
     validate: float = 20
     ring_slot: float = 20
+    register_access: float = 150
+    kvm_in_kernel: float = 200
+    tcg_translate: float = 200
+    tcg_execute: float = 8
+    tcg_helper: float = 100
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -139,6 +144,17 @@ _ASSUMPTIONS = {
     "and domid, a PTE's frame owner and type); assumption.",
     "ring_slot": "writing or reading one request or response slot of a shared ring "
     "(virtqueue or Xen I/O ring), cache-line traffic included; assumption.",
+    "register_access": "one uncached access to a real device register on bare hardware (no "
+    "virtualization: no exit); assumption.",
+    "kvm_in_kernel": "KVM handling an exit itself without returning to user space: signalling "
+    "an ioeventfd for a virtio kick [KVM-API §4.59], or halting a vCPU on its in-kernel "
+    "interrupt controller [KVM-X86]; assumption.",
+    "tcg_translate": "QEMU without KVM (TCG): translating one guest instruction into host code, "
+    "once per translation block; assumption.",
+    "tcg_execute": "TCG: running the translated code of one guest instruction (several host "
+    "instructions); assumption — only its being dearer than 'instruction' matters.",
+    "tcg_helper": "TCG: calling a C helper for an instruction the translator does not inline "
+    "(I/O, hlt, system instructions); the device emulation inside costs 'emulate'; assumption.",
 }
 
 #: The course's default prices (see :meth:`Costs.describe`).
