@@ -72,6 +72,9 @@ class Costs:
     tcg_translate: float = 200
     tcg_execute: float = 8
     tcg_helper: float = 100
+    translate: float = 50
+    translated_op: float = 5
+    callout: float = 50
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -155,6 +158,15 @@ _ASSUMPTIONS = {
     "instructions); assumption — only its being dearer than 'instruction' matters.",
     "tcg_helper": "TCG: calling a C helper for an instruction the translator does not inline "
     "(I/O, hlt, system instructions); the device emulation inside costs 'emulate'; assumption.",
+    "translate": "a binary translator (VMware's, x86 to x86) translating one guest-kernel "
+    "instruction into its translation cache, once per block on the block's first execution; "
+    "cheaper than tcg_translate because most instructions are copied unchanged (identical "
+    "translation) [AA06, BUG12]; assumption.",
+    "translated_op": "translated code doing what a sensitive instruction (cli, sti, popf, "
+    "pushf, a control-register access) would do, on the virtual CPU's state in memory: a few "
+    "ordinary instructions and no trap [AA06, BUG12]; assumption.",
+    "callout": "translated code calling into the monitor in its own address space (for I/O "
+    "or hlt) without a hardware trap; the emulation itself costs 'emulate'; assumption.",
 }
 
 #: The course's default prices (see :meth:`Costs.describe`).
