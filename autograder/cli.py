@@ -43,10 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,8 +52,10 @@ from autograder.gradebook import (
     CourseGradebook,
     GradebookError,
     check_spec_against_notebook,
+    course_config,
     notebook_cells,
 )
+from autograder.importer import valid_student_id
 
 __all__ = ["RESULT_FILE", "SECRET_FILE", "CLIError", "main"]
 
@@ -66,9 +66,6 @@ SECRET_ENV = "VIRTCORE_COURSE_SECRET"
 #: File name of a cached grading result in ``autograded/<student>/<assignment>/``.
 RESULT_FILE = "virtcore-result.json"
 RESULT_FORMAT = "virtcore-result/1"
-#: nbgrader's documented file-name pattern for LMS downloads (``nbgrader zip_collect``).
-DEFAULT_ZIP_REGEXP = r".*_(?P<student_id>\w+)_attempt_(?P<timestamp>[0-9\-]+)_(?P<file_id>.*)"
-_STUDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}")
 _HIDDEN_BEGIN = "BEGIN HIDDEN TESTS"
 _HIDDEN_END = "END HIDDEN TESTS"
 
@@ -163,15 +160,6 @@ def _atomic_write(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def valid_student_id(sid: str) -> bool:
-    """Whether ``sid`` is safe as a directory name and a gradebook id.
-
-    >>> valid_student_id("alice_01"), valid_student_id("../etc"), valid_student_id("a b")
-    (True, False, False)
-    """
-    return bool(_STUDENT_ID.fullmatch(sid)) and ".." not in sid
 
 
 def hidden_test_lines(notebook: Path) -> set[str]:
@@ -376,209 +364,62 @@ def cmd_release(args: argparse.Namespace) -> int:
 # -- import ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class Found:
-    """One student's notebook found in an import source."""
+def collect(course: Path, spec: Any, source: Path, *, regexp: str | None = None,
+            course_id: str = "virtcore", **kwargs: Any) -> list[tuple[str, str]]:
+    """:func:`autograder.importer.collect`, with a source it cannot use as a CLIError."""
+    from autograder import importer
 
-    student: str
-    notebook: Path | None
-    timestamp: str | None = None
-    extras: dict[str, Path] = field(default_factory=dict)  # timestamp.txt, submission_secret.txt
-    note: str = ""
-
-
-def _pick_notebook(folder: Path, spec: Any) -> tuple[Path | None, str]:
-    """The assignment's notebook in a student's folder: its own name, or the only notebook."""
-    candidates = [p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts]
-    exact = [p for p in candidates if p.name == spec.notebook]
-    if exact:
-        exact.sort(key=lambda p: (spec.name not in p.parts, len(p.parts)))
-        return exact[0], ""
-    if len(candidates) == 1:
-        return candidates[0], f"renamed {candidates[0].name} -> {spec.notebook}"
-    if candidates:
-        return None, f"{len(candidates)} notebooks, none named {spec.notebook}"
-    return None, "no notebook"
-
-
-def _extras(folder: Path) -> dict[str, Path]:
-    return {n: folder / n for n in ("timestamp.txt", "submission_secret.txt")
-            if (folder / n).is_file()}
-
-
-def _scan_folder(root: Path, spec: Any) -> Iterator[Found]:
-    """A folder of per-student folders: ``<student>/[<assignment>/]<notebook>``."""
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        nb, note = _pick_notebook(d, spec)
-        where = nb.parent if nb is not None else d
-        extras = {**_extras(d), **_extras(where)}
-        ts = extras["timestamp.txt"].read_text().strip() if "timestamp.txt" in extras else None
-        yield Found(d.name, nb, ts, extras, note)
-
-
-def _is_exchange(path: Path, course_id: str, assignment: str) -> Path | None:
-    """The ``inbound`` directory if ``path`` is an nbgrader exchange (root, course or inbound)."""
-    for cand in (path / course_id / "inbound", path / "inbound", path):
-        if cand.is_dir() and any("+" in p.name and f"+{assignment}+" in p.name
-                                 for p in cand.iterdir()):
-            return cand
-    return None
-
-
-def _scan_exchange(inbound: Path, spec: Any) -> Iterator[Found]:
-    """nbgrader's exchange: ``inbound/<student>+<assignment>+<timestamp>[+<random>]/``."""
-    from nbgrader.utils import parse_utc
-
-    latest: dict[str, tuple[Any, Path]] = {}
-    for d in inbound.iterdir():
-        parts = d.name.rsplit("+", 3) if d.is_dir() else []
-        if len(parts) < 3:
-            continue
-        # <student>+<assignment>+<timestamp>[+<random>]; usernames may contain '+'
-        if len(parts) == 4 and parts[2] == spec.name:
-            student, assignment, stamp = parts[0] + "+" + parts[1], parts[2], parts[3]
-        elif len(parts) == 4:
-            student, assignment, stamp = parts[0], parts[1], parts[2]
-        else:
-            student, assignment, stamp = parts
-        if assignment != spec.name:
-            continue
-        try:
-            when = parse_utc(stamp)
-        except (ValueError, TypeError, OverflowError):
-            continue
-        if student not in latest or when > latest[student][0]:
-            latest[student] = (when, d)
-    for student in sorted(latest):
-        _, d = latest[student]
-        nb, note = _pick_notebook(d, spec)
-        extras = _extras(d)
-        ts = extras["timestamp.txt"].read_text().strip() if "timestamp.txt" in extras else None
-        yield Found(student, nb, ts, extras, note)
-
-
-def _safe_extract(zf: zipfile.ZipFile, dest: Path) -> None:
-    root = dest.resolve()
-    for info in zf.infolist():
-        name = info.filename
-        target = (dest / name).resolve()
-        if name.startswith(("/", "\\")) or ".." in Path(name).parts or (
-                target != root and root not in target.parents):
-            raise CLIError(f"refusing unsafe path {name!r} in the zip")
-    zf.extractall(dest)
-
-
-def _scan_zip(path: Path, spec: Any, tmp: Path, regexp: str) -> Iterator[Found]:
-    """A zip of downloads: per-student folders, per-student zips, or LMS-style flat names."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            _safe_extract(zf, tmp)
-    except zipfile.BadZipFile as e:
-        raise CLIError(f"{path} is not a zip file: {e}") from None
-    for inner in list(tmp.rglob("*.zip")):  # one level of per-student archives
-        out = inner.with_suffix("")
-        out.mkdir(exist_ok=True)
-        with zipfile.ZipFile(inner) as zf:
-            _safe_extract(zf, out)
-        inner.unlink()
-    root = tmp
-    entries = [p for p in root.iterdir() if p.name not in ("__MACOSX",)]
-    while (len(entries) == 1 and entries[0].is_dir()
-           and not any(entries[0].glob("*.ipynb"))
-           and all(p.is_dir() for p in entries[0].iterdir())):
-        root = entries[0]  # a wrapper folder around the student folders
-        entries = list(root.iterdir())
-    flat = [p for p in root.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts]
-    pattern = re.compile(regexp)
-    named: dict[str, tuple[str, Path]] = {}
-    for p in flat:
-        m = pattern.match(p.name)
-        if m and "student_id" in m.groupdict():
-            sid = m.group("student_id")
-            stamp = m.groupdict().get("timestamp") or ""
-            if sid not in named or stamp > named[sid][0]:
-                named[sid] = (stamp, p)
-    if named:
-        for sid in sorted(named):
-            stamp, p = named[sid]
-            yield Found(sid, p, _lms_timestamp(stamp), {}, "")
-        return
-    yield from _scan_folder(root, spec)
+        return importer.collect(course, spec, source, regexp=regexp, course_id=course_id,
+                                **kwargs)
+    except importer.ImportSourceError as e:
+        raise CLIError(str(e)) from None
 
 
-def _lms_timestamp(stamp: str) -> str | None:
-    """``2016-01-30-20-30-10`` (an LMS download's name) → ``2016-01-30 20:30:10``."""
-    m = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)", stamp or "")
-    if not m:
-        return None
-    y, mo, d, h, mi, s = m.groups()
-    return f"{y}-{mo}-{d} {h}:{mi}:{s}"
+def _roster(course: Path, db_url: str | None) -> list[str]:
+    """The gradebook's student ids ([] when there is no gradebook yet)."""
+    cfg_db = db_url or course_config(course).db_url
+    if cfg_db.startswith("sqlite:///") and not Path(cfg_db[len("sqlite:///"):]).is_file():
+        return []
+    try:
+        with CourseGradebook.for_course(course, db_url) as gb:
+            return gb.student_ids()
+    except Exception:  # an unreadable gradebook: the LMS names decide alone
+        return []
 
 
-def collect(course: Path, spec: Any, source: Path, *, regexp: str = DEFAULT_ZIP_REGEXP,
-            course_id: str = "virtcore") -> list[tuple[str, str]]:
-    """Copy submissions from ``source`` into ``submitted/<student>/<assignment>/``.
+def _uid_map(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    import csv
 
-    Returns ``(student, outcome)`` pairs; outcomes: ``new``, ``updated``,
-    ``unchanged``, ``skipped: <why>``.
-    """
-    if not source.exists():
-        raise CLIError(f"{source} does not exist")
-    outcomes: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="virtcore-import-") as tmpdir:
-        if source.is_file():
-            found = list(_scan_zip(source, spec, Path(tmpdir), regexp))
-        else:
-            inbound = _is_exchange(source, course_id, spec.name)
-            found = list(_scan_exchange(inbound, spec) if inbound else _scan_folder(source, spec))
-        for f in found:
-            if not valid_student_id(f.student):
-                outcomes.append((f.student, "skipped: not a valid student id"))
-                continue
-            dest_dir = course / "submitted" / f.student / spec.name
-            dest = dest_dir / spec.notebook
-            if f.notebook is None:
-                # they handed in something, but not the notebook: graded as "missing" (0)
-                dest_dir.mkdir(parents=True, exist_ok=True)
-                if dest.exists():
-                    dest.unlink()
-                for name, p in f.extras.items():
-                    shutil.copyfile(p, dest_dir / name)
-                outcomes.append((f.student, f"no notebook ({f.note or 'nothing'}): grades as"
-                                            " missing"))
-                continue
-            if dest.is_file() and f.notebook.resolve() == dest.resolve():
-                outcomes.append((f.student, "unchanged (already in submitted/)"))
-                continue
-            before = sha256_file(dest) if dest.is_file() else None
-            dest_dir.mkdir(parents=True, exist_ok=True)
-            tmp = dest_dir / (".incoming-" + spec.notebook)
-            shutil.copyfile(f.notebook, tmp)
-            os.replace(tmp, dest)
-            for name, p in f.extras.items():
-                shutil.copyfile(p, dest_dir / name)
-            if f.timestamp and "timestamp.txt" not in f.extras:
-                (dest_dir / "timestamp.txt").write_text(f.timestamp + "\n")
-            after = sha256_file(dest)
-            what = "new" if before is None else ("unchanged" if before == after else "updated")
-            outcomes.append((f.student, what + (f" ({f.note})" if f.note else "")))
-    return outcomes
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {r["student_id"].strip(): r["user"].strip() for r in csv.DictReader(fh)
+                if r.get("student_id") and r.get("user")}
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Collect submissions (a folder, a zip of downloads, an nbgrader exchange) into submitted/.
 
-    Students are added to the gradebook when their submission is graded.
+    Nothing is followed or trusted (see ``autograder/importer.py``): symlinks and special
+    files are refused, exchange submissions must be owned by their student, archives have
+    size and ratio limits; each problem is one student's ``rejected`` line.  Students are
+    added to the gradebook when their submission is graded.
     """
     course: Path = args.course
     spec = get_spec(args.assignment)
     outcomes = collect(course, spec, Path(args.source), regexp=args.regexp,
-                       course_id=args.course_id)
+                       course_id=args.course_id, roster=_roster(course, args.db_url),
+                       check_owner=not args.no_owner_check, uid_map=_uid_map(args.uid_map))
     for student, what in outcomes:
         print(f"  {student:<24} {what}")
-    n_ok = sum(not w.startswith("skipped") for _, w in outcomes)
+    bad = ("skipped", "rejected", "WARNING")
+    n_ok = sum(not w.startswith(bad) for _, w in outcomes)
+    n_rej = sum(w.startswith("rejected") for _, w in outcomes)
+    n_warn = sum(w.startswith("WARNING") for _, w in outcomes)
     print(f"imported {n_ok} submission(s) of {spec.name} from {args.source}"
-          f" into {course / 'submitted'}; {len(outcomes) - n_ok} skipped")
+          f" into {course / 'submitted'}; {n_rej} rejected,"
+          f" {len(outcomes) - n_ok - n_rej - n_warn} skipped, {n_warn} warning(s)")
     return 0
 
 
@@ -917,10 +758,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("import", parents=[common], help=_summary(cmd_import))
     s.add_argument("assignment")
     s.add_argument("source", help="a folder of per-student folders, a .zip, or an exchange dir")
-    s.add_argument("--regexp", default=DEFAULT_ZIP_REGEXP,
-                   help="file-name pattern for flat zip downloads, with (?P<student_id>...)")
+    s.add_argument("--regexp", default=None,
+                   help="pattern for the LMS part of a flat download's name (before"
+                        " _attempt_<timestamp>_), with (?P<student_id>...); used when the"
+                        " roster and the assignment name do not decide")
     s.add_argument("--course-id", default="virtcore",
                    help="the course id in an nbgrader exchange (default: %(default)s)")
+    s.add_argument("--uid-map", type=Path, default=None,
+                   help="CSV student_id,user: the Unix user owning each student's exchange"
+                        " submissions (default: the user named like the student id)")
+    s.add_argument("--no-owner-check", action="store_true",
+                   help="take exchange submissions whoever owns them (not recommended)")
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("grade", parents=[common], help=_summary(cmd_grade))
