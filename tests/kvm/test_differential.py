@@ -3,9 +3,24 @@ traces (reason, port/address, size, direction, count, data), output and register
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Callable
+
 import pytest
 
-from virtcore.kvm.api import KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_SHUTDOWN
+from virtcore.kvm import open_kvm
+from virtcore.kvm.api import (
+    KVM_CAP_IRQCHIP,
+    KVM_EXIT_INTERNAL_ERROR,
+    KVM_EXIT_INTR,
+    KVM_EXIT_IO,
+    KVM_EXIT_SHUTDOWN,
+    KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED,
+    KVM_SET_MP_STATE,
+    kvm_mp_state,
+)
 from virtcore.kvm.cli import RunReport, run_guest
 from virtcore.kvm.guests import Guest, lwn, x86_echo, x86_hello, x86_ivt, x86_mmio, x86_ud2
 
@@ -75,3 +90,69 @@ def test_forgotten_sregs_fail_the_same_way(x86: str, real: str) -> None:
         assert [e.reason for e in r.exits] == [KVM_EXIT_INTERNAL_ERROR]
         assert r.exits[0].suberror == 1 and r.regs.rip == 0x1000
     assert observe(results[0]) == observe(results[1])
+
+
+# ------------------------------------------------------------------ in-kernel irqchip
+
+
+def test_hlt_with_in_kernel_irqchip_never_reaches_user_space(x86: str, real: str) -> None:
+    """With KVM_CREATE_IRQCHIP (as QEMU does on x86) the guest's hlt is handled in the kernel:
+    no KVM_EXIT_HLT; the vCPU sleeps as KVM_MP_STATE_HALTED until a signal ends KVM_RUN
+    with EINTR (KVM_EXIT_INTR). Model and real KVM agree field by field."""
+    reports = {b: run_guest(lwn(), backend=b, irqchip=True, regs_per_exit=True,
+                            time_limit=0.3) for b in ("model", "real")}
+    for r in reports.values():
+        assert [e.reason for e in r.exits] == [KVM_EXIT_IO, KVM_EXIT_IO, KVM_EXIT_INTR]
+        assert r.output == "4\n" and r.mp_state == KVM_MP_STATE_HALTED
+        assert r.regs.rip == 0x100C  # past the hlt
+        assert "KVM_CREATE_IRQCHIP" in r.ioctls
+    assert observe(reports["model"]) == observe(reports["real"])
+    assert reports["model"].mp_state == reports["real"].mp_state
+    # without the irqchip (the LWN program) the same guest ends with KVM_EXIT_HLT
+    assert run_guest(lwn(), backend="real").final == "KVM_EXIT_HLT"
+
+
+def _irqchip_rules(backend: str) -> tuple:
+    """What KVM_CREATE_IRQCHIP and KVM_GET/SET_MP_STATE answer, as comparable values."""
+    kvm = open_kvm(backend, isa="x86") if backend == "model" else open_kvm("real")
+
+    def attempt(call: Callable[[], object]) -> object:
+        try:
+            return call()
+        except OSError as e:
+            return errno.errorcode[e.errno]
+
+    with kvm.create_vm() as vm:
+        cap = vm.check_extension(KVM_CAP_IRQCHIP)
+        first = attempt(vm.create_irqchip)
+        twice = attempt(vm.create_irqchip)
+        v0, v1 = vm.create_vcpu(0), vm.create_vcpu(1)
+        states = (v0.get_mp_state(), v1.get_mp_state())
+        set_halted = attempt(lambda: v0.ioctl(KVM_SET_MP_STATE, kvm_mp_state(mp_state=3)))
+        halted = v0.get_mp_state()
+        v0.close()
+        v1.close()
+    with kvm.create_vm() as vm:
+        v = vm.create_vcpu(0)
+        late = attempt(vm.create_irqchip)
+        plain_state = v.get_mp_state()
+        plain_set = attempt(lambda: v.ioctl(KVM_SET_MP_STATE, kvm_mp_state(mp_state=3)))
+        v.close()
+    kvm.close()
+    return cap, first, twice, states, set_halted, halted, late, plain_state, plain_set
+
+
+def test_irqchip_and_mp_state_rules_match_real(x86: str, real: str) -> None:
+    """KVM_CREATE_IRQCHIP: once (EEXIST), before any vCPU (EINVAL); vCPUs but the boot one
+    start UNINITIALIZED; without an irqchip only RUNNABLE may be set (EINVAL)."""
+    model = _irqchip_rules("model")
+    assert model == (1, None, "EEXIST", (KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED),
+                     0, KVM_MP_STATE_HALTED, "EINVAL", KVM_MP_STATE_RUNNABLE, "EINVAL")
+    assert model == _irqchip_rules("real")
+
+
+def test_model_irqchip_without_real_kvm(x86: str) -> None:
+    """The model's side alone (runs where no real KVM can confirm it)."""
+    r = run_guest(lwn(), irqchip=True)
+    assert (r.final, r.mp_state, r.output) == ("KVM_EXIT_INTR", KVM_MP_STATE_HALTED, "4\n")
+    assert _irqchip_rules("model")[2:4] == ("EEXIST", (0, 1))

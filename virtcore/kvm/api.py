@@ -175,6 +175,13 @@ KVM_CAP_READONLY_MEM = 81
 KVM_CAP_MAX_VCPU_ID = 128
 KVM_CAP_IMMEDIATE_EXIT = 136
 
+# multiprocessing states of a vCPU (KVM_GET_MP_STATE) [KVM-H]
+KVM_MP_STATE_RUNNABLE = 0
+KVM_MP_STATE_UNINITIALIZED = 1
+KVM_MP_STATE_INIT_RECEIVED = 2
+KVM_MP_STATE_HALTED = 3
+KVM_MP_STATE_SIPI_RECEIVED = 4
+
 _EXIT_NAMES = (
     "UNKNOWN", "EXCEPTION", "IO", "HYPERCALL", "DEBUG", "HLT", "MMIO", "IRQ_WINDOW_OPEN",
     "SHUTDOWN", "FAIL_ENTRY", "INTR", "SET_TPR", "TPR_ACCESS", "S390_SIEIC", "S390_RESET",
@@ -500,8 +507,20 @@ class kvm_run(_Struct):  # noqa: N801 - the C name
         ctypes.memmove(ctypes.addressof(m.data), bytes(data), len(data))
 
 
+class kvm_mp_state(_Struct):  # noqa: N801 - the C name
+    """``struct kvm_mp_state { __u32 mp_state; }`` of ``KVM_GET/SET_MP_STATE``.
+
+    [KVM-H; KVM-API §4.38]
+
+    >>> ctypes.sizeof(kvm_mp_state), kvm_mp_state(mp_state=KVM_MP_STATE_HALTED).mp_state
+    (4, 3)
+    """
+
+    _fields_ = [("mp_state", ctypes.c_uint32)]
+
+
 # ---------------------------------------------------------------------------
-# request numbers (§1.2)
+# request numbers [KVM-H]
 KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
 KVM_CREATE_VM = _IO(KVMIO, 0x01)
 KVM_GET_MSR_INDEX_LIST = _IOWR(KVMIO, 0x02, 4)  # struct kvm_msr_list (u32 + flexible array)
@@ -518,6 +537,8 @@ KVM_SET_REGS = _IOW(KVMIO, 0x82, kvm_regs)
 KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs)
 KVM_INTERRUPT = _IOW(KVMIO, 0x86, 4)  # struct kvm_interrupt { __u32 irq; }
+KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, kvm_mp_state)
+KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, kvm_mp_state)
 
 #: request number → name, for traces
 IOCTL_NAMES: dict[int, str] = {v: k for k, v in dict(globals()).items()
@@ -823,6 +844,17 @@ class VmFd(KvmFd):
         """``KVM_CREATE_VCPU``."""
         return self.ioctl(KVM_CREATE_VCPU, vcpu_id)  # type: ignore[no-any-return]
 
+    def create_irqchip(self) -> None:
+        """``KVM_CREATE_IRQCHIP``: an interrupt controller model inside the kernel.
+
+        On x86 it creates the PIC, the IOAPIC and a local APIC for every vCPU created
+        afterwards, so it must come before the first ``KVM_CREATE_VCPU`` (else
+        ``EINVAL``; a second one ``EEXIST``) [KVM-API §4.24; KVM-X86]. QEMU creates it
+        on x86 by default. With it, a guest's ``hlt`` is handled inside KVM and never
+        reaches user space as ``KVM_EXIT_HLT``.
+        """
+        self.ioctl(KVM_CREATE_IRQCHIP, 0)
+
 
 class VcpuFd(KvmFd):
     """A vCPU descriptor; ``mmap`` gives its ``kvm_run`` page.
@@ -860,6 +892,12 @@ class VcpuFd(KvmFd):
     def run(self) -> int:
         """``KVM_RUN``; returns 0 (the exit is in the ``kvm_run`` page)."""
         return int(self.ioctl(KVM_RUN, 0))
+
+    def get_mp_state(self) -> int:
+        """``KVM_GET_MP_STATE``: ``KVM_MP_STATE_RUNNABLE`` (0), ``HALTED`` (3), …"""
+        state = kvm_mp_state()
+        self.ioctl(KVM_GET_MP_STATE, state)
+        return int(state.mp_state)
 
 
 def struct_arg(arg: Any, struct: type[ctypes.Structure], *, writable: bool) -> Any:

@@ -2,7 +2,7 @@
 
 ``python -m virtcore.kvm run guest.bin [--real] [--isa x86|teaching] [--trace]``
 loads ``guest.bin`` at guest-physical 0x1000, follows the canonical call sequence
-of ``reference/virtualization-facts.md`` §1.3 and loops on ``KVM_RUN`` like the LWN
+of LWN's *Using the KVM API* [LWN15] and loops on ``KVM_RUN`` like the LWN
 program: bytes written to COM1 (port 0x3f8) are printed, an IN is answered from
 ``--input``, an MMIO read from a small scratch device that remembers MMIO writes (bytes never
 written read as 0x41, 0x42, … — "A", "B", …),
@@ -34,6 +34,7 @@ from pathlib import Path
 from virtcore.kvm import open_kvm
 from virtcore.kvm.api import (
     KVM_API_VERSION,
+    KVM_CREATE_IRQCHIP,
     KVM_CREATE_VCPU,
     KVM_CREATE_VM,
     KVM_EXIT_INTR,
@@ -57,6 +58,7 @@ from virtcore.kvm.api import (
     read_exit,
 )
 from virtcore.kvm.guests import BUILTIN, COM1, Guest
+from virtcore.kvm.real import signal_after
 
 __all__ = ["RunReport", "main", "run_guest"]
 
@@ -77,6 +79,9 @@ class RunReport:
         The calls made, by name (the canonical sequence, then ``KVM_RUN`` per exit).
     regs_at_exit : list of kvm_regs
         With ``regs_per_exit=True``: the registers right after each exit.
+    mp_state : int or None
+        With ``irqchip=True``: ``KVM_GET_MP_STATE`` after the last exit
+        (3 = ``KVM_MP_STATE_HALTED`` when the guest's ``hlt`` put it to sleep).
 
     >>> RunReport().final
     '(no exit)'
@@ -87,6 +92,7 @@ class RunReport:
     regs: kvm_regs = field(default_factory=kvm_regs)
     ioctls: list[str] = field(default_factory=list)
     regs_at_exit: list[kvm_regs] = field(default_factory=list)
+    mp_state: int | None = None
 
     @property
     def final(self) -> str:
@@ -104,7 +110,8 @@ class RunReport:
 def run_guest(guest: Guest | bytes, *, backend: str = "model", isa: str | None = None,
               inputs: bytes | None = None, max_exits: int = 100_000,
               time_limit: float | None = 5.0, budget: int = 5_000_000,
-              regs_per_exit: bool = False, set_sregs: bool = True) -> RunReport:
+              regs_per_exit: bool = False, set_sregs: bool = True,
+              irqchip: bool = False) -> RunReport:
     """Run ``guest`` to its first non-IO/MMIO exit with the LWN program's loop.
 
     Parameters
@@ -123,7 +130,15 @@ def run_guest(guest: Guest | bytes, *, backend: str = "model", isa: str | None =
     regs_per_exit : bool
         Also record the registers after every exit (``KVM_GET_REGS``).
     set_sregs : bool
-        Step 9 of §1.3 (``cs.base = cs.selector = 0``); False keeps the reset state.
+        Step 9 of the canonical sequence [LWN15] (``cs.base = cs.selector = 0``); False
+        keeps the reset state.
+    irqchip : bool
+        Call ``KVM_CREATE_IRQCHIP`` after ``KVM_CREATE_VM``, as QEMU does on x86 (the LWN
+        program does not).  The guest's ``hlt`` then never reaches user space: the vCPU
+        sleeps in the kernel, and the run ends when a signal interrupts ``KVM_RUN``
+        (``EINTR``, recorded as ``KVM_EXIT_INTR``) — on the real KVM this function
+        sends one after ``time_limit`` seconds (default 5; see
+        :func:`virtcore.kvm.real.signal_after`) [KVM-API §4.24; KVM-X86].
 
     Returns
     -------
@@ -154,6 +169,9 @@ def run_guest(guest: Guest | bytes, *, backend: str = "model", isa: str | None =
             raise KvmUsageError(f"KVM_GET_API_VERSION returned {version}, expected 12")
         calls.append("KVM_CREATE_VM")
         vm = kvm.ioctl(KVM_CREATE_VM, 0)
+        if irqchip:
+            calls.append("KVM_CREATE_IRQCHIP")
+            vm.ioctl(KVM_CREATE_IRQCHIP, 0)
         mem.write(0, guest.code)
         calls.append("KVM_SET_USER_MEMORY_REGION")
         vm.ioctl(KVM_SET_USER_MEMORY_REGION, kvm_userspace_memory_region(
@@ -179,11 +197,19 @@ def run_guest(guest: Guest | bytes, *, backend: str = "model", isa: str | None =
         while len(report.exits) < max_exits:
             calls.append("KVM_RUN")
             try:
-                vcpu.ioctl(KVM_RUN, 0)
+                if irqchip and backend == "real":
+                    with signal_after(time_limit or 5.0):  # a halted vCPU sleeps until one
+                        vcpu.ioctl(KVM_RUN, 0)
+                else:
+                    vcpu.ioctl(KVM_RUN, 0)
             except OSError as e:
                 if e.errno != errno.EINTR:
                     raise
                 report.exits.append(ExitRecord(KVM_EXIT_INTR))
+                if regs_per_exit:
+                    now = kvm_regs()
+                    vcpu.ioctl(KVM_GET_REGS, now)
+                    report.regs_at_exit.append(now)
                 break
             rec = read_exit(run)
             if regs_per_exit:
@@ -213,6 +239,9 @@ def run_guest(guest: Guest | bytes, *, backend: str = "model", isa: str | None =
             if rec.reason not in (KVM_EXIT_IO, KVM_EXIT_MMIO):
                 break
         report.output = out.decode("latin-1")
+        if irqchip:
+            calls.append("KVM_GET_MP_STATE")
+            report.mp_state = vcpu.get_mp_state()
         calls.append("KVM_GET_REGS")
         vcpu.ioctl(KVM_GET_REGS, report.regs)
     finally:

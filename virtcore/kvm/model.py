@@ -55,8 +55,19 @@ Simplifications
 - ``userspace_addr`` must lie in memory registered with :func:`address_of` or a
   :class:`GuestMemory` (else ``EINVAL``); the real kernel accepts any address and
   fails at ``KVM_RUN`` (``EFAULT``) if it is not mapped.
-- No in-kernel irqchip, no ``KVM_INTERRUPT``, dirty log, MSRs or CPUID: those
-  requests are unknown here.  ``KVM_SET_TSS_ADDR`` is accepted and ignored.
+- The in-kernel interrupt controller (``KVM_CREATE_IRQCHIP``) is modelled for what it
+  changes for a VMM [KVM-API §4.24, §4.38; KVM-X86 ``kvm_emulate_halt``]: it must come
+  before the first vCPU (else ``EINVAL``; twice ``EEXIST``); vCPUs other than 0 then
+  start ``KVM_MP_STATE_UNINITIALIZED`` (waiting for INIT/SIPI) and vCPU 0 runnable;
+  and a guest's ``hlt`` no longer returns ``KVM_EXIT_HLT``: KVM marks the vCPU
+  ``KVM_MP_STATE_HALTED`` and sleeps in the kernel until an interrupt wakes it.  The
+  model has no clock and no interrupt sources (no ``KVM_IRQ_LINE``, PIT or APIC
+  timer), so nothing can wake it: where the real ``KVM_RUN`` sleeps until the VMM's
+  thread gets a signal and then fails with ``EINTR`` (exit reason ``KVM_EXIT_INTR``),
+  the model fails that way at once.  The tests check this against the real module,
+  ending its sleep with a timer signal.
+- No ``KVM_INTERRUPT``, dirty log, MSRs or CPUID: those requests are unknown here.
+  ``KVM_SET_TSS_ADDR`` is accepted and ignored.
 - A run has a limit — teaching ISA: ``budget`` instructions; x86: ``time_limit``
   seconds.  Reaching it ends ``KVM_RUN`` with ``EINTR`` and exit reason
   ``KVM_EXIT_INTR``, as a timer signal would; ``KVM_RUN`` again continues.
@@ -83,6 +94,7 @@ from virtcore.kvm.api import (
     KVM_API_VERSION,
     KVM_CAP_HLT,
     KVM_CAP_IMMEDIATE_EXIT,
+    KVM_CAP_IRQCHIP,
     KVM_CAP_MAX_VCPU_ID,
     KVM_CAP_MAX_VCPUS,
     KVM_CAP_NR_MEMSLOTS,
@@ -91,6 +103,7 @@ from virtcore.kvm.api import (
     KVM_CAP_SET_TSS_ADDR,
     KVM_CAP_USER_MEMORY,
     KVM_CHECK_EXTENSION,
+    KVM_CREATE_IRQCHIP,
     KVM_CREATE_VCPU,
     KVM_CREATE_VM,
     KVM_ENOSYS,
@@ -104,14 +117,21 @@ from virtcore.kvm.api import (
     KVM_EXIT_MMIO,
     KVM_EXIT_SHUTDOWN,
     KVM_GET_API_VERSION,
+    KVM_GET_MP_STATE,
     KVM_GET_REGS,
     KVM_GET_SREGS,
     KVM_GET_VCPU_MMAP_SIZE,
     KVM_INTERNAL_ERROR_EMULATION,
     KVM_MEM_LOG_DIRTY_PAGES,
     KVM_MEM_READONLY,
+    KVM_MP_STATE_HALTED,
+    KVM_MP_STATE_INIT_RECEIVED,
+    KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_SIPI_RECEIVED,
+    KVM_MP_STATE_UNINITIALIZED,
     KVM_PIO_PAGE_OFFSET,
     KVM_RUN,
+    KVM_SET_MP_STATE,
     KVM_SET_REGS,
     KVM_SET_SREGS,
     KVM_SET_TSS_ADDR,
@@ -125,6 +145,7 @@ from virtcore.kvm.api import (
     VmFd,
     ioc_type,
     kvm_error,
+    kvm_mp_state,
     kvm_regs,
     kvm_run,
     kvm_sregs,
@@ -267,17 +288,17 @@ class ModelSystemFd(_ModelFd, SystemFd):
                                       "(kvm_arch_dev_ioctl answers EINVAL)")
 
 
-_CAPS = {KVM_CAP_USER_MEMORY: 1, KVM_CAP_HLT: 1, KVM_CAP_SET_TSS_ADDR: 1,
+_CAPS = {KVM_CAP_IRQCHIP: 1, KVM_CAP_USER_MEMORY: 1, KVM_CAP_HLT: 1, KVM_CAP_SET_TSS_ADDR: 1,
          KVM_CAP_NR_VCPUS: MODEL_NR_VCPUS, KVM_CAP_MAX_VCPUS: KVM_MAX_VCPUS,
          KVM_CAP_NR_MEMSLOTS: KVM_USER_MEM_SLOTS, KVM_CAP_READONLY_MEM: 1,
          KVM_CAP_MAX_VCPU_ID: KVM_MAX_VCPU_IDS, KVM_CAP_IMMEDIATE_EXIT: 1}
 
 
 def _check_extension(cap: Any) -> int:
-    """``KVM_CHECK_EXTENSION``: 0 for what the model does not have (e.g. ``KVM_CAP_IRQCHIP``).
+    """``KVM_CHECK_EXTENSION``: 0 for what the model does not have (e.g. ``KVM_CAP_PIT2``, 33).
 
-    >>> _check_extension(KVM_CAP_USER_MEMORY), _check_extension(0)
-    (1, 0)
+    >>> [_check_extension(c) for c in (KVM_CAP_USER_MEMORY, KVM_CAP_IRQCHIP, 33)]
+    [1, 1, 0]
     """
     return _CAPS.get(cap, 0) if isinstance(cap, int) else 0
 
@@ -314,6 +335,7 @@ class ModelVmFd(_ModelFd, VmFd):
         self.layout_version = 0
         self.vcpus: dict[int, ModelVcpuFd] = {}
         self.tss_addr: int | None = None
+        self.irqchip = False  # KVM_CREATE_IRQCHIP done
         self.lock = threading.Lock()
         self._host: _TeachingHost | None = None
 
@@ -327,7 +349,7 @@ class ModelVmFd(_ModelFd, VmFd):
 
     def ioctl(self, request: int, arg: Any = 0) -> Any:
         """VM requests: ``KVM_SET_USER_MEMORY_REGION``, ``KVM_CREATE_VCPU``,
-        ``KVM_CHECK_EXTENSION``, ``KVM_SET_TSS_ADDR``."""
+        ``KVM_CHECK_EXTENSION``, ``KVM_SET_TSS_ADDR``, ``KVM_CREATE_IRQCHIP``."""
         self.fileno()
         self._check_process()
         if request == KVM_SET_USER_MEMORY_REGION:
@@ -339,6 +361,14 @@ class ModelVmFd(_ModelFd, VmFd):
             return _check_extension(arg)
         if request == KVM_SET_TSS_ADDR:
             self.tss_addr = arg
+            return 0
+        if request == KVM_CREATE_IRQCHIP:  # kvm_arch_vm_ioctl, x86 [KVM-X86]
+            if self.irqchip:
+                raise kvm_error(errno.EEXIST, "this VM already has an in-kernel irqchip")
+            if self.vcpus:
+                raise kvm_error(errno.EINVAL, "KVM_CREATE_IRQCHIP must come before the first "
+                                              "KVM_CREATE_VCPU")
+            self.irqchip = True
             return 0
         raise kvm_error(errno.ENOTTY, f"request {request:#x} is not a VM ioctl of the model")
 
@@ -454,6 +484,9 @@ class ModelVcpuFd(_ModelFd, VcpuFd):
         self._needs_load = True
         self._engine_newer = False
         self.exits: dict[int, int] = {}
+        # with an in-kernel local APIC only the boot vCPU (id 0) starts runnable
+        self.mp_state = KVM_MP_STATE_UNINITIALIZED if vm.irqchip and vcpu_id != 0 \
+            else KVM_MP_STATE_RUNNABLE
         if vm.isa == "x86":
             self.engine: Any = X86Engine(vm.slot_list, time_limit=vm.time_limit)
         else:
@@ -476,7 +509,8 @@ class ModelVcpuFd(_ModelFd, VcpuFd):
             self._engine_newer = False
 
     def ioctl(self, request: int, arg: Any = 0) -> Any:
-        """vCPU requests: ``KVM_RUN``, ``KVM_GET/SET_REGS``, ``KVM_GET/SET_SREGS``."""
+        """vCPU requests: ``KVM_RUN``, ``KVM_GET/SET_REGS``, ``KVM_GET/SET_SREGS``,
+        ``KVM_GET/SET_MP_STATE``."""
         self.fileno()
         self._check_process()
         if ioc_type(request) != KVMIO:
@@ -512,8 +546,34 @@ class ModelVcpuFd(_ModelFd, VcpuFd):
                            ctypes.sizeof(kvm_sregs))
             self._needs_load = True
             return 0
+        if request == KVM_GET_MP_STATE:
+            struct_arg(arg, kvm_mp_state, writable=True).mp_state = self.mp_state
+            return 0
+        if request == KVM_SET_MP_STATE:
+            self._set_mp_state(struct_arg(arg, kvm_mp_state, writable=False).mp_state)
+            return 0
         raise kvm_error(errno.EINVAL, f"request {request:#x} is not a vCPU ioctl "
                                       "(kvm_arch_vcpu_ioctl answers EINVAL)")
+
+    def _set_mp_state(self, state: int) -> None:
+        # kvm_arch_vcpu_ioctl_set_mpstate [KVM-X86]: without an in-kernel local APIC
+        # only RUNNABLE is accepted; a SIPI is latched as INIT_RECEIVED + a pending SIPI
+        if not self.vm.irqchip and state != KVM_MP_STATE_RUNNABLE:
+            raise kvm_error(errno.EINVAL, "without an in-kernel irqchip the only mp_state "
+                                          "user space may set is KVM_MP_STATE_RUNNABLE")
+        if state not in (KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
+                         KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_HALTED,
+                         KVM_MP_STATE_SIPI_RECEIVED):
+            raise kvm_error(errno.EINVAL, f"mp_state {state} is not an x86 state")
+        self.mp_state = KVM_MP_STATE_INIT_RECEIVED if state == KVM_MP_STATE_SIPI_RECEIVED \
+            else state
+
+    def _sleep(self, run: kvm_run, why: str) -> None:
+        """The vCPU sleeps in the kernel (``kvm_vcpu_block``) until a signal: ``EINTR``."""
+        run.exit_reason = KVM_EXIT_INTR
+        raise kvm_error(errno.EINTR, f"{why}; the vCPU sleeps in KVM until an interrupt "
+                                     "wakes it, and nothing in the model can: ended as a "
+                                     "signal to the VMM's thread would end it")
 
     def _kvm_run(self) -> int:
         run = self._run
@@ -525,6 +585,9 @@ class ModelVcpuFd(_ModelFd, VcpuFd):
             engine.complete_pending(run)
             run.exit_reason = KVM_EXIT_INTR
             raise kvm_error(errno.EINTR, "kvm_run.immediate_exit is set")
+        if self.mp_state != KVM_MP_STATE_RUNNABLE:
+            self._sleep(run, "the vCPU is halted" if self.mp_state == KVM_MP_STATE_HALTED
+                        else f"the vCPU waits for INIT/SIPI (mp_state {self.mp_state})")
         self._engine_newer = True
         try:
             engine.run(run)
@@ -533,6 +596,10 @@ class ModelVcpuFd(_ModelFd, VcpuFd):
             raise kvm_error(errno.EINTR, f"the model ended this run: {e} (as a timer "
                                          "signal would; KVM_RUN again to continue)") from None
         reason = run.exit_reason
+        if reason == KVM_EXIT_HLT and self.vm.irqchip:
+            # kvm_emulate_halt with the local APIC in the kernel: no exit to user space
+            self.mp_state = KVM_MP_STATE_HALTED
+            self._sleep(run, "hlt with an in-kernel irqchip")
         self.exits[reason] = self.exits.get(reason, 0) + 1
         return 0
 

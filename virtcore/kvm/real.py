@@ -16,9 +16,13 @@ True
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from virtcore.kvm.api import (
@@ -43,7 +47,8 @@ DEVICE_ENV = "VIRTCORE_KVM_DEVICE"
 def _device(path: str | None) -> str:
     return path or os.environ.get(DEVICE_ENV) or DEVICE
 
-__all__ = ["DEVICE", "RealSystemFd", "RealVcpuFd", "RealVmFd", "kvm_available", "open_real_kvm"]
+__all__ = ["DEVICE", "RealSystemFd", "RealVcpuFd", "RealVmFd", "kvm_available",
+           "open_real_kvm", "signal_after"]
 
 
 class _RealFd:
@@ -80,7 +85,9 @@ class _RealFd:
         # a structure: the kernel reads it (_IOW) or writes it back (_IOR/_IOWR)
         if ioc_dir(request) & 2:
             return fcntl.ioctl(fd, request, arg, True)
-        return fcntl.ioctl(fd, request, bytes(memoryview(arg).cast("B")))
+        # _IOW: the kernel only reads it; a mutable copy makes fcntl return the int result
+        # (with an immutable buffer it returns the buffer instead of ioctl's 0)
+        return fcntl.ioctl(fd, request, bytearray(memoryview(arg).cast("B")), True)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(fd={self._fd})"
@@ -184,3 +191,37 @@ def kvm_available(path: str | None = None) -> tuple[bool, str]:
     finally:
         kvm.close()
     return True, f"{path}: usable (API version 12)"
+
+
+@contextlib.contextmanager
+def signal_after(seconds: float) -> Iterator[None]:
+    """Deliver ``SIGALRM`` after ``seconds``, so that a blocking ``KVM_RUN`` returns ``EINTR``.
+
+    A vCPU halted on an in-kernel irqchip sleeps inside ``KVM_RUN`` until an interrupt
+    or a signal [KVM-API §4.10; KVM-X86 ``kvm_vcpu_halt``]; QEMU kicks its vCPU threads
+    with a signal for the same reason.  Python retries a system call interrupted by a
+    signal unless the handler raises (PEP 475), so the handler here raises the
+    kernel's ``InterruptedError`` (``EINTR``) — what a C VMM would see.  Main thread
+    only (Python runs signal handlers there).
+
+    >>> import time
+    >>> with signal_after(0.01):
+    ...     try:
+    ...         time.sleep(1)
+    ...     except InterruptedError as e:
+    ...         e.errno == errno.EINTR
+    True
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise KvmUsageError("signal_after works only in the main thread")
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise InterruptedError(errno.EINTR, os.strerror(errno.EINTR))
+
+    old = signal.signal(signal.SIGALRM, _interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
