@@ -305,6 +305,11 @@ class MachineMemory:
         Validation hooks (Xen's ``alloc_page_type()`` / ``free_page_type()``), installed by the
         MMU model: ``alloc_page_type(mfn, type) -> 0 or -errno`` when a frame takes a
         page-table type, ``free_page_type(mfn, type)`` when its type count drops to 0.
+    tlb_flush_hook : callable or None
+        Called as ``tlb_flush_hook(mfn)`` when a frame stops being a writable page (its type
+        changes) or is freed, so stale TLB entries cannot reach it — Xen flushes the TLBs of
+        the CPUs that may hold them in ``_get_page_type()`` and before reusing a freed page
+        (``tlbflush_timestamp``); the model's MMU flushes every TLB it knows.
     generation : int
         Bumped by every state change of the frame table or a P2M (cheap change detection).
 
@@ -342,6 +347,7 @@ class MachineMemory:
         self.domains: dict[int, DomainMemory] = {}
         self.alloc_page_type: Callable[[int, int], int] | None = None
         self.free_page_type: Callable[[int, int], None] | None = None
+        self.tlb_flush_hook: Callable[[int], None] | None = None
         self.generation: int = 0
 
     def __repr__(self) -> str:
@@ -501,6 +507,8 @@ class MachineMemory:
             self.pinned[mfn] = self.validated[mfn] = False
             self.m2p[mfn] = INVALID_M2P_ENTRY
             self.allocator.free(mfn)
+            if self.tlb_flush_hook is not None:
+                self.tlb_flush_hook(mfn)
 
     def get_page_type(self, mfn: MFN, type: int) -> int:
         """Take a type reference — Xen's ``_get_page_type()``.
@@ -522,6 +530,8 @@ class MachineMemory:
         tc = self.type_count[mfn]
         if tc == 0:
             if self.type[mfn] != type or not self.validated[mfn]:
+                if self.type[mfn] == PGT_writable_page and self.tlb_flush_hook is not None:
+                    self.tlb_flush_hook(mfn)
                 self.type[mfn] = type
                 self.validated[mfn] = False
                 self.type_count[mfn] = 1
@@ -622,13 +632,20 @@ class MachineMemory:
                 raise XenMemoryError(f"d{domid}: tot_pages {dom.tot_pages} but {held} allocated")
 
     def snapshot(self, extra: tuple[object, ...] = ()) -> MemorySnapshot:
-        """All state, for comparing before and after (``extra`` adds the caller's own state)."""
+        """All state, for comparing before and after (``extra`` adds the caller's own state).
+
+        A frame whose type count is 0 has no type in force: Xen keeps the stale type bits
+        (the next :meth:`get_page_type` may change them freely), so the snapshot records such
+        a frame as ``PGT_none``, not validated.
+        """
         p2m = tuple(sorted((d, tuple(sorted(dm.p2m.items())), dm.max_pages, dm.nr_pages)
                            for d, dm in self.domains.items()))
-        return MemorySnapshot(tuple(self.physical.words), tuple(self.owner), tuple(self.type),
-                              tuple(self.type_count), tuple(self.count), tuple(self.pinned),
-                              tuple(self.validated), tuple(self.allocated), tuple(self.m2p),
-                              p2m, extra)
+        tc = self.type_count
+        types = tuple(t if c else PGT_none for t, c in zip(self.type, tc))
+        valid = tuple(v and c > 0 for v, c in zip(self.validated, tc))
+        return MemorySnapshot(tuple(self.physical.words), tuple(self.owner), types, tuple(tc),
+                              tuple(self.count), tuple(self.pinned), valid,
+                              tuple(self.allocated), tuple(self.m2p), p2m, extra)
 
 
 class DomainMemory:
