@@ -32,11 +32,9 @@ import argparse
 import contextlib
 import datetime as dt
 import hashlib
-import html
 import json
 import multiprocessing
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -184,15 +182,6 @@ def hidden_test_lines(notebook: Path) -> set[str]:
             else:
                 (hidden if inside else visible).add(s)
     return {s for s in hidden - visible if len(s) >= 12 and not s.startswith("#")}
-
-
-def page_text(page: str) -> str:
-    """What a browser shows of an HTML page: tags dropped, entities decoded.
-
-    >>> page_text("<pre>a &lt; b</pre>")
-    'a < b'
-    """
-    return html.unescape(re.sub(r"<[^>]+>", "", page))
 
 
 # -- progress -------------------------------------------------------------------------------------
@@ -589,37 +578,13 @@ def _iter_results(course: Path, assignment: str) -> Iterator[tuple[str, Any]]:
             continue
 
 
-def feedback_html(spec: Any, result: Any, text: str) -> str:
-    """A self-contained HTML page: the score per part and the per-check messages."""
-    rows = []
-    by_part = {p.grade_id: p for p in result.parts}
-    for part in spec.parts:
-        got = by_part.get(part.grade_id)
-        score = f"{got.score:g}" if got else "0"
-        status = got.status if got else result.status
-        rows.append(f"<tr><td>{html.escape(part.grade_id)}</td><td>{score}</td>"
-                    f"<td>{part.points:g}</td><td>{html.escape(status)}</td></tr>")
-    title = f"{spec.title} — feedback for {result.student}"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.2em .6em}}
-pre{{background:#f6f6f6;padding:1em;white-space:pre-wrap}}</style></head>
-<body><h1>{html.escape(title)}</h1>
-<p>Score: <b>{result.score:g} / {result.max_score:g}</b> ({html.escape(result.status)})</p>
-<table><tr><th>part</th><th>score</th><th>points</th><th>status</th></tr>
-{''.join(rows)}</table>
-<h2>Checks</h2>
-<pre>{html.escape(text)}</pre>
-<p><small>Graded outside your notebook against virtcore's reference implementation.
-Hidden checks run cases generated for you alone; re-grading gives the same cases.</small></p>
-</body></html>
-"""
-
-
 def cmd_feedback(args: argparse.Namespace) -> int:
-    """Write ``feedback/<student>/<assignment>/feedback.html`` from the grading results."""
-    from autograder.grade import feedback_text
+    """Write ``feedback/<student>/<assignment>/feedback.html`` from the grading results.
+
+    Every page is escaped, shows no hidden test code, hidden seed or secret, and one
+    student's failure is an error line, never the end of the run (``autograder/feedback.py``).
+    """
+    from autograder import feedback
 
     course: Path = args.course
     spec = get_spec(args.assignment)
@@ -627,28 +592,12 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     secret = None
     with contextlib.suppress(CLIError):
         secret = load_secret(course).decode(errors="replace")
-    n = 0
-    for student, result in _iter_results(course, spec.name):
-        text = feedback_text(result)
-        page = feedback_html(spec, result, text)
-        shown = page_text(page)
-        leaked = [ln for ln in hidden if ln in shown]
-        if leaked or (secret and secret in shown):
-            raise CLIError(f"feedback for {student} would reveal hidden test code or the"
-                           f" secret ({leaked[:1]}); not written")
-        out = course / "feedback" / student / spec.name
-        _atomic_write(out / "feedback.html", page)
-        sub = course / "submitted" / student / spec.name
-        if (sub / "submission_secret.txt").is_file():
-            # an exchange submission: also under the notebook's name, for `nbgrader
-            # release_feedback`, which needs timestamp.txt and submission_secret.txt beside it
-            _atomic_write(out / (Path(spec.notebook).stem + ".html"), page)
-            for name in ("timestamp.txt", "submission_secret.txt"):
-                if (sub / name).is_file():
-                    shutil.copyfile(sub / name, out / name)
-        n += 1
-    print(f"feedback: wrote {n} page(s) to {course / 'feedback'}/<student>/{spec.name}/")
-    return 0
+    report = feedback.write_all(course, spec, hidden, secret)
+    for student in sorted(report.errors):
+        print(f"  {student:<24} ERROR: {report.errors[student]}")
+    print(f"feedback: wrote {len(report.written)} page(s) to {course / 'feedback'}/<student>/"
+          f"{spec.name}/; {len(report.errors)} error(s)")
+    return 1 if report.errors else 0
 
 
 # -- export ---------------------------------------------------------------------------------------
