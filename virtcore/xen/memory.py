@@ -604,6 +604,35 @@ class MachineMemory:
         self.generation += 1
         return dom
 
+    def destroy_domain_memory(self, domid: int) -> int:
+        """Give back everything domain ``domid`` holds — Xen's ``domain_relinquish_resources()``
+        → ``relinquish_memory()``: pins are dropped (``put_page_and_type``), then every
+        allocation reference, and the P2M is unregistered.  Frames still referenced from
+        elsewhere (grant-mapped by another domain, or a base pointer the caller has not dropped)
+        stay owned by ``domid`` until their last reference goes.  Returns the number of frames
+        whose allocation reference was dropped.
+
+        >>> m = MachineMemory(4); d = m.new_domain_memory(1, 4); _ = d.populate_physmap([0, 1])
+        >>> m.get_page(MFN(1), 1)              # someone still holds frame 1
+        0
+        >>> m.destroy_domain_memory(1), m.owner_of(MFN(0)), m.owner_of(MFN(1)), m.domains
+        (2, None, 1, {})
+        """
+        if domid not in self.domains:
+            raise XenMemoryError(f"d{domid} has no memory to destroy")
+        for mfn in range(self.nframes):
+            if self.owner[mfn] == domid and self.pinned[mfn]:
+                self.pinned[mfn] = False
+                self.put_page_and_type(MFN(mfn))
+        dropped = 0
+        for mfn in range(self.nframes):
+            if self.owner[mfn] == domid and self.allocated[mfn]:
+                self.free(MFN(mfn))
+                dropped += 1
+        del self.domains[domid]
+        self.generation += 1
+        return dropped
+
     def check_invariants(self) -> None:
         """Raise :class:`XenMemoryError` unless P2M and M2P are inverse and counts are sane.
 

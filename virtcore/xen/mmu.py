@@ -491,6 +491,21 @@ class XenMM:
             mem.populate_physmap(range(max_pages))
         return guest
 
+    def destroy_pv_domain(self, domid: int) -> int:
+        """Tear a PV guest down: drop its base pointer (``vcpu_destroy_pagetables()``), then
+        :meth:`~virtcore.xen.memory.MachineMemory.destroy_domain_memory`.  Returns the frames
+        whose allocation reference was dropped.
+        """
+        guest = self.guests.pop(domid, None)
+        if guest is None:
+            raise XenMemoryError(f"d{domid} is not a PV guest here")
+        if guest.baseptr is not None:
+            base, guest.baseptr = guest.baseptr, None
+            guest.mmu.enabled = False
+            guest.mmu.tlb.flush()
+            self.machine.put_page_and_type(MFN(base))
+        return self.machine.destroy_domain_memory(domid)
+
     # -- TLBs ------------------------------------------------------------------------------------
 
     def _flush_all_tlbs(self, mfn: int) -> None:
