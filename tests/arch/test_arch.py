@@ -83,7 +83,7 @@ def _is_subsequence(needle, haystack):
 
 def test_arch_imports_only_stdlib_and_allowed_virtcore_modules():
     """virtcore.arch must not import virtcore.hw, viz, networkx or any third-party package."""
-    allowed_virtcore = {"virtcore.errors", "virtcore.rng"}
+    allowed_virtcore = {"virtcore.errors", "virtcore.rng", "virtcore.costs"}
     pkg = pathlib.Path(arch.__file__).parent
     import sys
 
@@ -355,7 +355,7 @@ def test_breakdown_sums_to_cost():
 cost_values = st.floats(min_value=0.5, max_value=1e5, allow_nan=False, allow_infinity=False)
 models = st.builds(
     CostModel,
-    direct=cost_values,
+    instruction=cost_values,
     syscall=cost_values,
     trap=cost_values,
     vm_exit=cost_values,
@@ -365,6 +365,10 @@ models = st.builds(
     device=cost_values,
     interrupt=cost_values,
     memory_reference=cost_values,
+    ring_slot=cost_values,
+    validate=cost_values,
+    pte_update=cost_values,
+    tlb_flush=cost_values,
 )
 weights = st.floats(min_value=0, max_value=1e3, allow_nan=False, allow_infinity=False)
 mixes = st.dictionaries(st.sampled_from(ALL_EVENTS), weights, min_size=1).filter(
@@ -734,3 +738,56 @@ def test_nested_guest_io_goes_through_every_level_down_to_L0():
     assert [(s.src, s.dst) for s in device] == [("L0 kernel", "hardware")]
     one = event_path(kvm_nested(1), "io", hardware_assist=True, guest="L1")
     assert path.count(CrossingKind.VM_EXIT) > one.count(CrossingKind.VM_EXIT)
+
+
+# -- bare metal, Xen-style (Domain 0 backends) -------------------------------------
+
+
+def test_xen_style_io_goes_through_dom0_backend_and_event_channels():
+    from virtcore.arch import bare_metal_xen
+
+    s = bare_metal_xen(guests=2)
+    p = event_path(s, Event.IO)
+    assert "dom0 kernel" in p.layers
+    # the device is driven by Domain 0, never by the hypervisor itself
+    device_steps = [st for st in p if st.kind is CrossingKind.DEVICE]
+    assert [(st.src, st.dst) for st in device_steps] == [("dom0 kernel", "hardware")]
+    assert p.count("context_switch") == 2          # to Domain 0 and back
+    assert p.count("ring_slot") == 4               # request and response, both sides
+    assert p.count("pte_update") == 2 and p.count("tlb_flush") == 1   # grant map + unmap
+    with_assist = event_path(s, Event.IO, hardware_assist=True)
+    assert with_assist.count("trap") == 0 and with_assist.count("vm_exit") == 6  # 4 hypercalls
+
+
+def test_xen_style_is_type_1_and_never_cheaper_than_native():
+    from virtcore.arch import bare_metal_xen, native
+
+    s = bare_metal_xen()
+    assert classify(s).type.value == "type 1"
+    for assist in (False, True):
+        for ev in ALL_EVENTS:
+            assert path_cost(event_path(s, ev, hardware_assist=assist)) >= path_cost(
+                event_path(native(), ev))
+    esx = path_cost(event_path(bare_metal(), Event.IO))
+    xen = path_cost(event_path(s, Event.IO))
+    assert esx < xen < path_cost(event_path(hosted(), Event.IO))
+
+
+def test_a_dom0_crash_reaches_every_guest_a_guest_crash_only_itself():
+    from virtcore.arch import bare_metal_xen
+
+    s = bare_metal_xen(guests=3)
+    assert simulate_fault(s, "backend_crash", in_="vm2").affected == ("vm1", "vm2", "vm3")
+    assert simulate_fault(s, "kernel_crash", in_="vm2").affected == ("vm2",)
+    with pytest.raises(ArchitectureError):
+        simulate_fault(bare_metal(guests=2), "backend_crash", in_="vm1")
+
+
+def test_arch_cost_model_is_the_course_cost_model():
+    from virtcore.costs import DEFAULT_COSTS, Costs
+
+    assert isinstance(DEFAULT_MODEL, Costs)
+    for name in Costs.assumptions():
+        assert getattr(DEFAULT_MODEL, name) == getattr(DEFAULT_COSTS, name)
+    p = event_path(hosted(), Event.IO)
+    assert path_cost(p, DEFAULT_COSTS) == path_cost(p, DEFAULT_MODEL)

@@ -46,6 +46,7 @@ def _stacks() -> list:
     out = [stack_for(a, n) for a in Architecture for n in (1, 2, 3)]
     out += [native(), type1_diagram(), type2_diagram(), kvm_nested(2), kvm_nested(3)]
     out.append(bare_metal(embedded=True))
+    out += [stack_for("bare-metal (Xen-style)", n) for n in (1, 2, 3)]
     return out
 
 

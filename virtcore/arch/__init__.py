@@ -2,13 +2,15 @@
 
 Pure data and pure functions (standard library only):
 
-- :mod:`~virtcore.arch.stacks` — hosted (寄居虚拟化), bare-metal (裸金属虚拟化),
-  OS-level (操作系统虚拟化) and hybrid (混合虚拟化) architectures as stacks of
-  layers; Type 1 / Type 2 read off a stack (S1.1–S1.6, N3).
+- :mod:`~virtcore.arch.stacks` — hosted (寄居虚拟化), bare-metal (裸金属虚拟化:
+  ESX-style, and Xen-style with Domain 0), OS-level (操作系统虚拟化) and
+  hybrid (混合虚拟化) architectures as stacks of layers; Type 1 / Type 2 read
+  off a stack (S1.1–S1.6, N3).
 - :mod:`~virtcore.arch.paths` — what a system call, an I/O request, a
   privileged instruction, a TLB miss cross in each stack (S1.8).
-- :mod:`~virtcore.arch.costs` — a cost model of teaching assumptions; when the
-  notes' speed ordering holds and what changes it (S1.7, S1.8).
+- :mod:`~virtcore.arch.costs` — paths priced with the course's one cost model
+  (:mod:`virtcore.costs`, teaching assumptions); when the notes' speed ordering
+  holds and what changes it (S1.7, S1.8).
 - :mod:`~virtcore.arch.isolation` — faults and which guests they reach; which
   guest OS a stack can run (S1.4).
 - :mod:`~virtcore.arch.products` — the vendor table with the notes'
@@ -33,6 +35,7 @@ from virtcore.arch.costs import (
     compare_architectures,
     cost_breakdown,
     cost_table,
+    crossing_price,
     normalize_mix,
     ordering_sweep,
     path_cost,
@@ -88,6 +91,7 @@ from virtcore.arch.stacks import (
     TypeView,
     all_stacks,
     bare_metal,
+    bare_metal_xen,
     classify,
     hosted,
     hybrid,
@@ -145,11 +149,13 @@ __all__ = [
     "all_stacks",
     "assist_configs",
     "bare_metal",
+    "bare_metal_xen",
     "can_run",
     "classify",
     "compare_architectures",
     "cost_breakdown",
     "cost_table",
+    "crossing_price",
     "event_path",
     "hosted",
     "hybrid",

@@ -1,20 +1,22 @@
-"""Pricing event paths: a cost model of teaching assumptions, and comparisons.
+"""Pricing event paths with the course's one cost model, and comparisons.
 
 The notes rank the architectures by speed: OS-level fastest, bare-metal
 (Type 1) between, hosted (Type 2) slowest (S1.7, S1.8), and hybrid faster than
 hosted (S1.5).  This module prices the paths of :mod:`virtcore.arch.paths`
-with a :class:`CostModel` and shows when that ordering holds and what
-changes it: computation costs the same everywhere (it runs directly on the
-CPU), so the ordering comes from the *mix* of events — above all I/O — and
-from hardware assist, which makes some events cheaper and others dearer.
+and shows when that ordering holds and what changes it: computation costs the
+same everywhere (it runs directly on the CPU), so the ordering comes from the
+*mix* of events — above all I/O — and from hardware assist, which makes some
+events cheaper and others dearer.
 
-**Every number in** :class:`CostModel` **is a teaching assumption**, in
-arbitrary cost units that are roughly nanoseconds on a recent x86 machine,
-order of magnitude only.  None of them is a measurement.  Where a measured
-result justifies a *relative* size, the field's note cites it (facts §5.3,
-§3.5, and Sugerman et al. 2001 for the world switch); the facts sheet records
-that exact cycle counts for exits and exact IOPS numbers were *not* retrieved
-(facts §8), so the model claims only orderings and rough ratios.
+The prices are those of :data:`virtcore.costs.DEFAULT_COSTS`, the course's one
+cost model (see :meth:`virtcore.costs.Costs.describe`): **every number is a
+teaching assumption**, roughly nanoseconds, order of magnitude only.  So any
+ranking computed here follows from those assumptions — change a price and the
+ranking may change (:func:`ordering_sweep` shows where).  :class:`CostModel`
+is kept as this package's name for the same prices; it *is* a
+:class:`~virtcore.costs.Costs` (a subclass adding two lookup methods), so
+chapter 1, chapter 2 and the KVM walkthrough price a trap, a VM exit or a
+world switch identically.
 
 >>> mix = {Event.COMPUTE: 0.5, Event.IO: 0.5}
 >>> [name for name, _ in compare_architectures(mix)]
@@ -30,7 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from virtcore.arch.paths import CrossingKind, Event, Path, Step, coerce_event, event_path
 from virtcore.arch.stacks import (  # noqa: F401  (hosted, os_level: doctests)
@@ -41,6 +43,7 @@ from virtcore.arch.stacks import (  # noqa: F401  (hosted, os_level: doctests)
     hosted,
     os_level,
 )
+from virtcore.costs import DEFAULT_COSTS, Costs
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -53,6 +56,7 @@ __all__ = [
     "compare_architectures",
     "cost_breakdown",
     "cost_table",
+    "crossing_price",
     "normalize_mix",
     "ordering_sweep",
     "path_cost",
@@ -62,55 +66,58 @@ __all__ = [
 #: A workload: events (or their names) mapped to fractions or counts.
 Mix = Mapping[Event, float] | Mapping[str, float] | Mapping[Event | str, float]
 
+#: The field of :class:`~virtcore.costs.Costs` that prices each crossing kind.
+_FIELD = {kind: ("instruction" if kind is CrossingKind.DIRECT else kind.value)
+          for kind in CrossingKind}
+
+
+def crossing_price(costs: Costs, kind: CrossingKind | str) -> float:
+    """Price of one crossing of ``kind`` under ``costs`` (any :class:`~virtcore.costs.Costs`).
+
+    >>> crossing_price(DEFAULT_COSTS, "world_switch") == DEFAULT_COSTS.world_switch
+    True
+    >>> crossing_price(DEFAULT_COSTS, CrossingKind.DIRECT) == DEFAULT_COSTS.instruction
+    True
+    """
+    return getattr(costs, _FIELD[CrossingKind(kind)])  # type: ignore[no-any-return]
+
+
+def step_price(costs: Costs, step: Step) -> float:
+    """Price of one step: its kind's price × its count.
+
+    >>> step_price(DEFAULT_COSTS, Step("a", "hardware", CrossingKind.MEMORY_REFERENCE, count=24))
+    480
+    """
+    return crossing_price(costs, step.kind) * step.count
+
 
 @dataclass(frozen=True)
-class CostModel:
-    """The price of each :class:`~virtcore.arch.paths.CrossingKind` (teaching assumptions).
+class CostModel(Costs):
+    """The course's cost model (:class:`virtcore.costs.Costs`) with lookups by crossing kind.
 
-    One field per crossing kind, in arbitrary units (≈ ns, order of magnitude
-    only), plus ``nesting_factor`` for :func:`virtcore.arch.nested_cost`.
-    Override any of them with :func:`dataclasses.replace`.  See
-    :meth:`assumptions` for why each has the size it has.
+    Same fields, same defaults, same assumptions as
+    :data:`virtcore.costs.DEFAULT_COSTS`; override any field with
+    :func:`dataclasses.replace`.  Every function here also accepts a plain
+    :class:`~virtcore.costs.Costs`.
 
     >>> m = DEFAULT_MODEL
     >>> m.cost(CrossingKind.WORLD_SWITCH) > m.cost(CrossingKind.CONTEXT_SWITCH)
     True
     >>> import dataclasses
-    >>> cheap = dataclasses.replace(DEFAULT_MODEL, world_switch=0)
-    >>> cheap.world_switch
+    >>> dataclasses.replace(DEFAULT_MODEL, world_switch=0).world_switch
     0
+    >>> all(getattr(DEFAULT_MODEL, f) == getattr(DEFAULT_COSTS, f) for f in Costs.assumptions())
+    True
     >>> CostModel(trap=-1)
     Traceback (most recent call last):
     ...
     virtcore.errors.ConfigurationError: cost 'trap' must be a finite number >= 0, got -1
     """
 
-    direct: float = 1
-    syscall: float = 100
-    trap: float = 200
-    vm_exit: float = 400
-    world_switch: float = 3000
-    context_switch: float = 1500
-    emulate: float = 300
-    device: float = 5000
-    interrupt: float = 100
-    memory_reference: float = 20
-    nesting_factor: float = 10
-
-    def __post_init__(self) -> None:
-        from virtcore.errors import ConfigurationError
-
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, (int, float))
-                or not math.isfinite(v)
-                or v < 0
-            ):
-                raise ConfigurationError(f"cost {f.name!r} must be a finite number >= 0, got {v!r}")
-        if self.nesting_factor < 1:
-            raise ConfigurationError(f"nesting_factor must be >= 1, got {self.nesting_factor!r}")
+    @property
+    def direct(self) -> float:
+        """The price of one instruction run directly (the field ``instruction``)."""
+        return self.instruction
 
     def cost(self, kind: CrossingKind | str) -> float:
         """Price of one crossing of ``kind``.
@@ -118,84 +125,39 @@ class CostModel:
         >>> DEFAULT_MODEL.cost("syscall")
         100
         """
-        return getattr(self, CrossingKind(kind).value)  # type: ignore[no-any-return]
+        return crossing_price(self, kind)
 
     def step_cost(self, step: Step) -> float:
-        """Price of one step (its kind's price × its count).
-
-        >>> DEFAULT_MODEL.step_cost(Step("a", "hardware", CrossingKind.MEMORY_REFERENCE, count=24))
-        480
-        """
-        return self.cost(step.kind) * step.count
+        """Price of one step (its kind's price × its count)."""
+        return step_price(self, step)
 
     @classmethod
-    def assumptions(cls) -> dict[str, str]:
-        """Why each default has its size — every one an assumption, some backed by a measurement.
+    def from_costs(cls, costs: Costs) -> CostModel:
+        """The same prices as ``costs``, as a :class:`CostModel`.
 
-        >>> "Felter" in CostModel.assumptions()["context_switch"]
-        True
-        >>> sorted(CostModel.assumptions()) == sorted(f.name for f in fields(CostModel))
+        >>> CostModel.from_costs(DEFAULT_COSTS) == DEFAULT_MODEL
         True
         """
-        return dict(_ASSUMPTIONS)
-
-    def describe(self) -> str:
-        """Each field, its value and the assumption behind it.
-
-        >>> print(DEFAULT_MODEL.describe().splitlines()[0])
-        CostModel (teaching assumptions; units ≈ ns, order of magnitude only)
-        """
-        lines = ["CostModel (teaching assumptions; units ≈ ns, order of magnitude only)"]
-        for f in fields(self):
-            lines.append(f"  {f.name:<17}{getattr(self, f.name):>7g}  {_ASSUMPTIONS[f.name]}")
-        return "\n".join(lines)
+        if isinstance(costs, CostModel):
+            return costs
+        return cls(**{f: getattr(costs, f) for f in Costs.assumptions()})
 
 
-_ASSUMPTIONS = {
-    "direct": "one ordinary instruction on the CPU; the unit of the scale. Felter et al. "
-    "(facts §5.3) found CPU overhead of VMs and containers negligible, so it is the same "
-    "in every architecture.",
-    "syscall": "one user→kernel (or kernel→user) transition; assumption.",
-    "trap": "a deprivileged guest faulting into a software monitor, or being resumed by it; "
-    "also stands for a binary-translated sequence (facts §4.3); assumption.",
-    "vm_exit": "one VM exit or VM entry. Set dearer than a trap because Adams & Agesen "
-    "(facts §4.3, §5.3) found first-generation hardware VMMs often slower than software "
-    "ones on exit-heavy work; exact exit costs were not retrieved (facts §8).",
-    "world_switch": "hosted VMM ↔ host world: saves and restores all CPU state; "
-    "'more heavyweight than a normal process switch' (Sugerman et al., USENIX 2001), "
-    "so set above context_switch; assumption.",
-    "context_switch": "kernel ↔ user-space VMM process (QEMU). Sized so that a KVM I/O "
-    "costs roughly twice a native one, in line with Felter et al.'s 'KVM delivers only "
-    "half as many IOPS because each I/O operation must go through QEMU' (facts §5.3, a "
-    "secondary summary; exact numbers unverified, §8).",
-    "emulate": "the VMM decoding and emulating one instruction or device-register access; "
-    "assumption.",
-    "device": "the device's own work for one request; the same in every architecture, so "
-    "it dilutes but never reorders; assumption.",
-    "interrupt": "the device's completion interrupt reaching its driver; the same in every "
-    "architecture; assumption.",
-    "memory_reference": "one page-table memory reference during a TLB miss; the count comes "
-    "from facts §3.5 (4 native, 24 for a 2-D walk); the price is an assumption.",
-    "nesting_factor": "how many times dearer each virtualization crossing becomes per extra "
-    "level of nesting (an L2 exit is handled by L0 running L1's hypervisor, which itself "
-    "exits); a pure teaching assumption — no measurement in the facts sheet.",
-}
-
-#: The default assumptions (see :meth:`CostModel.describe`).
-DEFAULT_MODEL = CostModel()
+#: The course's default prices (:data:`virtcore.costs.DEFAULT_COSTS`) as a :class:`CostModel`.
+DEFAULT_MODEL = CostModel.from_costs(DEFAULT_COSTS)
 
 
-def path_cost(path: Path, model: CostModel = DEFAULT_MODEL) -> float:
+def path_cost(path: Path, model: Costs = DEFAULT_MODEL) -> float:
     """Total price of a path: the sum of its steps' prices.
 
     >>> p = event_path(bare_metal(), Event.PRIVILEGED_INSTRUCTION)
     >>> path_cost(p) == 2 * DEFAULT_MODEL.trap + DEFAULT_MODEL.emulate
     True
     """
-    return sum(model.step_cost(s) for s in path.steps)
+    return sum(step_price(model, s) for s in path.steps)
 
 
-def cost_breakdown(path: Path, model: CostModel = DEFAULT_MODEL) -> dict[CrossingKind, float]:
+def cost_breakdown(path: Path, model: Costs = DEFAULT_MODEL) -> dict[CrossingKind, float]:
     """Price of a path split by crossing kind (for stacked bars); sums to :func:`path_cost`.
 
     >>> b = cost_breakdown(event_path(bare_metal(), Event.IO, hardware_assist=True))
@@ -204,7 +166,7 @@ def cost_breakdown(path: Path, model: CostModel = DEFAULT_MODEL) -> dict[Crossin
     """
     out: dict[CrossingKind, float] = {}
     for s in path.steps:
-        out[s.kind] = out.get(s.kind, 0) + model.step_cost(s)
+        out[s.kind] = out.get(s.kind, 0) + step_price(model, s)
     return out
 
 
@@ -240,7 +202,7 @@ def _checked_mix(mix: Mix) -> dict[Event, float]:
 def workload_cost(
     stack: Stack,
     mix: Mix,
-    model: CostModel = DEFAULT_MODEL,
+    model: Costs = DEFAULT_MODEL,
     *,
     hardware_assist: bool = False,
     guest: str | None = None,
@@ -266,7 +228,7 @@ def _default_stacks(hardware_assist: bool) -> tuple[Stack, ...]:
 
 def compare_architectures(
     mix: Mix,
-    model: CostModel = DEFAULT_MODEL,
+    model: Costs = DEFAULT_MODEL,
     hardware_assist: bool = False,
     *,
     stacks: Sequence[Stack] | None = None,
@@ -323,7 +285,7 @@ _EVENTS = (Event.COMPUTE, Event.SYSCALL, Event.PRIVILEGED_INSTRUCTION, Event.IO,
 
 
 def cost_table(
-    model: CostModel = DEFAULT_MODEL,
+    model: Costs = DEFAULT_MODEL,
     hardware_assist: bool = False,
     *,
     stacks: Sequence[Stack] | None = None,
@@ -477,7 +439,7 @@ def ordering_sweep(
     *,
     base: Mix | None = None,
     steps: int = 11,
-    model: CostModel = DEFAULT_MODEL,
+    model: Costs = DEFAULT_MODEL,
     hardware_assist: bool = False,
     configs: Sequence[tuple[str, Stack, bool]] | None = None,
 ) -> Sweep:
@@ -491,7 +453,7 @@ def ordering_sweep(
         What the rest of the workload is; pure computation by default.
     steps : int
         Number of sample points (at least 2), evenly spaced from 0 to 1.
-    model : CostModel
+    model : Costs
     hardware_assist : bool
         For the default configurations (the architectures).
     configs : sequence of (label, stack, hardware_assist), optional
@@ -506,7 +468,7 @@ def ordering_sweep(
     hardware assist as the varied *configuration*, the order really flips: a
     system-call-heavy workload favours VT-x, a privileged-instruction-heavy one
     the software VMM (as Adams & Agesen found for first-generation VT-x,
-    facts §4.3):
+    [AA06]):
 
     >>> s = ordering_sweep(Event.PRIVILEGED_INSTRUCTION, base={Event.SYSCALL: 1},
     ...                    configs=assist_configs(bare_metal()))

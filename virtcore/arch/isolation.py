@@ -124,7 +124,7 @@ def can_run(stack: Stack, guest_os: str) -> RunCheck:
     """Can ``guest_os`` run as a guest of ``stack``?
 
     A container has no kernel of its own: it runs on the host's, so its OS
-    must use the same kernel (S1.4; facts §5.2: containers "share the same
+    must use the same kernel (S1.4; [NS, OVZ]: containers "share the same
     architecture and kernel version").  A VM brings its own kernel, so guest
     and host OS are independent (S1.8: Windows running Linux).
 
@@ -241,6 +241,8 @@ class Fault(str, enum.Enum):
       panics / is taken over by an attacker in the guest.  For a VM that is its
       own kernel; for a container, the shared host kernel.
     - ``vmm_crash``: the guest's user-space VMM process (hosted VMM, QEMU) dies.
+    - ``backend_crash``: the domain holding the guest's backend drivers
+      (Xen's Domain 0) crashes; Xen then reboots the machine [XEN-SHUTDOWN].
     - ``hypervisor_crash`` / ``hypervisor_exploit``: the most privileged software
       fails or is taken over ("VM escape"): the hypervisor on bare metal, the host
       kernel (with ``kvm.ko`` in it) for hybrid, the host kernel for hosted and
@@ -254,6 +256,7 @@ class Fault(str, enum.Enum):
     KERNEL_CRASH = "kernel_crash"
     KERNEL_EXPLOIT = "kernel_exploit"
     VMM_CRASH = "vmm_crash"
+    BACKEND_CRASH = "backend_crash"
     HYPERVISOR_CRASH = "hypervisor_crash"
     HYPERVISOR_EXPLOIT = "hypervisor_exploit"
 
@@ -357,11 +360,13 @@ def simulate_fault(
     else:
         if in_ is None:
             raise ArchitectureError(f"{f.value} starts in a guest: pass in_=<guest name>")
-        role = {Fault.APP_CRASH: "app", Fault.VMM_CRASH: "user_vmm"}.get(f, "kernel")
+        role = {Fault.APP_CRASH: "app", Fault.VMM_CRASH: "user_vmm",
+                Fault.BACKEND_CRASH: "backend"}.get(f, "kernel")
         if not stack.has_role(role, in_):
             raise ArchitectureError(
                 f"{in_!r} in {stack.name!r} has no {role.replace('_', '-')} layer to fail "
-                "(bare-metal and OS-level guests have no user-space VMM process)"
+                "(bare-metal and OS-level guests have no user-space VMM process; only a "
+                "Xen-style guest has a backend in another domain)"
             )
         origin = stack.role(role, in_).name
     failed = _spread(stack, origin)

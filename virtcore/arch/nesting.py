@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from virtcore.arch.costs import DEFAULT_MODEL, CostModel, path_cost
+from virtcore.arch.costs import DEFAULT_MODEL, path_cost, step_price
 from virtcore.arch.paths import Event, coerce_event, event_path
 from virtcore.arch.stacks import (
     Architecture,
@@ -48,6 +48,7 @@ from virtcore.arch.stacks import (
     Stack,
     native,
 )
+from virtcore.costs import Costs
 
 __all__ = ["NestingRow", "NestingTable", "kvm_nested", "nested_cost", "nesting_costs"]
 
@@ -141,7 +142,7 @@ def kvm_nested(levels: int = 2) -> Stack:
     )
 
 
-def nested_cost(event: Event | str, levels: int = 2, model: CostModel = DEFAULT_MODEL) -> float:
+def nested_cost(event: Event | str, levels: int = 2, model: Costs = DEFAULT_MODEL) -> float:
     """Price of one event of the innermost guest of :func:`kvm_nested` (teaching assumption).
 
     ``levels=0`` is the native machine (no VM), ``1`` an ordinary KVM guest.
@@ -160,7 +161,8 @@ def nested_cost(event: Event | str, levels: int = 2, model: CostModel = DEFAULT_
     path = event_path(kvm_nested(levels), ev, hardware_assist=True, guest=f"L{levels}")
     mult = model.nesting_factor ** (levels - 1)
     return sum(
-        model.step_cost(s) * (mult if s.kind.is_virtualization_overhead else 1) for s in path.steps
+        step_price(model, s) * (mult if s.kind.is_virtualization_overhead else 1)
+        for s in path.steps
     )
 
 
@@ -207,7 +209,7 @@ class NestingTable:
 
 
 def nesting_costs(
-    max_level: int = 3, event: Event | str = Event.IO, model: CostModel = DEFAULT_MODEL
+    max_level: int = 3, event: Event | str = Event.IO, model: Costs = DEFAULT_MODEL
 ) -> NestingTable:
     """Cost of ``event`` at each nesting level from native (0) to ``max_level``.
 

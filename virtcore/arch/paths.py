@@ -5,28 +5,30 @@ of a guest kernel, a TLB miss, plain computation) starts in a guest and
 passes through layers of its :class:`~virtcore.arch.stacks.Stack`.
 :func:`event_path` returns that passage as a :class:`Path`: an ordered list of
 :class:`Step` objects, each a crossing of one :class:`CrossingKind` from one
-layer to the next (and back).  Costs are not here: they come from a
-:class:`~virtcore.arch.costs.CostModel`, so the same path can be priced
-under different assumptions.
+layer to the next (and back).  Costs are not here: they come from the
+course's cost model (:class:`virtcore.costs.Costs`, through
+:mod:`virtcore.arch.costs`), so the same path can be priced under different
+assumptions.
 
 The model (teaching simplification — read before trusting a number)
 ------------------------------------------------------------------
 - *Without* hardware assist the guest kernel is deprivileged; whatever it
   may not do traps to the monitor, which emulates it (trap-and-emulate).
-  Real x86 needed binary translation or paravirtualization for this (facts
-  §4.2–4.3); both are priced here as a ``TRAP``.  A guest system call is
-  reflected by the monitor into the guest kernel (trap in, trap to the guest
-  kernel, and the same on the way back) — as in VMware's binary translator
-  and in 64-bit Xen PV.
+  Real x86 needed binary translation or paravirtualization for this [RI00,
+  AA06, XEN-SOSP03]; here every such crossing is priced as a ``TRAP``
+  (chapter 2 models binary translation itself, whose translated code avoids
+  most traps).  A guest system call is reflected by the monitor into the
+  guest kernel (trap in, trap to the guest kernel, and the same on the way
+  back), as in 64-bit Xen PV.
 - *With* hardware assist (VT-x / AMD-V) a guest system call goes straight to
   the guest kernel; privileged instructions and I/O cause a ``VM_EXIT`` and a
-  VM entry (facts §4.4); a TLB miss walks two dimensions of page tables,
-  (n+1)(m+1)−1 = 24 references for 4-level tables (facts §3.5).
+  VM entry [SDM, APM]; a TLB miss walks two dimensions of page tables,
+  (n+1)(m+1)−1 = 24 references for 4-level tables [BHAR08, STOJ22].
 - Without assist a TLB miss walks the shadow page table like a native one
   (4 references); keeping shadow tables in sync costs traps on the guest's
   page-table writes and CR3 loads — those are ``PRIVILEGED_INSTRUCTION``
   events here.
-- **Hosted** (VMware Workstation's design, Sugerman et al., USENIX 2001): the
+- **Hosted** (VMware Workstation's design [SUG01, BUG12]): the
   VMM catches traps in its own world, so CPU events cost what they cost on
   bare metal; for I/O it makes a ``WORLD_SWITCH`` to the host world, where its
   application half does a ``read()``/``write()`` system call to the host
@@ -34,7 +36,23 @@ The model (teaching simplification — read before trusting a number)
 - **Hybrid** (KVM): the ``kvm`` module handles CPU and memory exits in the
   kernel; for device I/O it returns to the user-space QEMU process
   (``CONTEXT_SWITCH``), which emulates the device and calls the host kernel
-  (S4.3; facts §5.3: "each I/O operation must go through QEMU").
+  (S4.3; [FELTER14]: KVM's I/O went through QEMU).
+- **Bare metal, ESX-style** (:func:`~virtcore.arch.bare_metal`): the
+  hypervisor emulates the device and drives it with its own driver.
+- **Bare metal, Xen-style** (:func:`~virtcore.arch.bare_metal_xen`): the
+  guest's frontend driver writes a request on the shared I/O ring
+  (``RING_SLOT``) and notifies Domain 0 through an event channel — a
+  hypercall (``EVTCHNOP_send``, a ``TRAP`` in and out; a ``VM_EXIT`` with
+  hardware assist); Xen switches to Domain 0 (``CONTEXT_SWITCH``) and sends it
+  an upcall (``INTERRUPT``); the backend maps the granted page
+  (``GNTTABOP_map_grant_ref``: a hypercall, a ``VALIDATE`` and a
+  ``PTE_UPDATE``), the native driver does the I/O, whose interrupt Xen
+  forwards to Domain 0 as an event; the backend unmaps the grant (a
+  ``PTE_UPDATE`` and a ``TLB_FLUSH``), writes the response, notifies the
+  guest, and Xen switches back [XIG, XEN-RING, XEN-GNTTAB, XEN-EVTCHN].
+  Simplified: one request per notification (no batching), Domain 0 on the
+  guest's CPU (so each direction costs a domain switch), a PV-style guest
+  whose system calls go through Xen; persistent grants are not modelled.
 - **OS-level**: a container's system call is an ordinary system call to the
   shared kernel; its "privileged instruction" is the shared kernel's own,
   executed natively (a container has no kernel of its own, S1.4).
@@ -65,7 +83,7 @@ from virtcore.arch.stacks import (  # noqa: F401  (bare_metal, hosted, os_level:
 )
 
 if TYPE_CHECKING:
-    from virtcore.arch.costs import CostModel
+    from virtcore.costs import Costs
 
 __all__ = [
     "CrossingKind",
@@ -166,6 +184,10 @@ class CrossingKind(str, enum.Enum):
     DEVICE = "device"  # the device does the work (same in every architecture)
     INTERRUPT = "interrupt"  # the device's completion interrupt to its driver
     MEMORY_REFERENCE = "memory_reference"  # one page-table reference of a walk
+    RING_SLOT = "ring_slot"  # one request/response slot of a shared I/O ring
+    VALIDATE = "validate"  # the hypervisor checks a guest's request (a grant entry)
+    PTE_UPDATE = "pte_update"  # one page-table entry written (a grant mapped or unmapped)
+    TLB_FLUSH = "tlb_flush"  # a TLB flush after a mapping is removed
 
     @property
     def is_virtualization_overhead(self) -> bool:
@@ -183,6 +205,10 @@ _OVERHEAD = frozenset(
         CrossingKind.WORLD_SWITCH,
         CrossingKind.CONTEXT_SWITCH,
         CrossingKind.EMULATE,
+        CrossingKind.RING_SLOT,
+        CrossingKind.VALIDATE,
+        CrossingKind.PTE_UPDATE,
+        CrossingKind.TLB_FLUSH,
     }
 )
 
@@ -259,7 +285,7 @@ class Path:
     def __len__(self) -> int:
         return len(self.steps)
 
-    def describe(self, model: CostModel | None = None) -> str:
+    def describe(self, model: Costs | None = None) -> str:
         """The path as a table; with a cost model, each step's cost and the total.
 
         >>> from virtcore.arch.costs import DEFAULT_MODEL
@@ -281,7 +307,9 @@ class Path:
             kind = s.kind.value + (f" ×{s.count}" if s.count != 1 else "")
             cost = ""
             if model is not None:
-                c = model.step_cost(s)
+                from virtcore.arch.costs import step_price
+
+                c = step_price(model, s)
                 total += c
                 cost = f"{c:>8g}  "
             lines.append(
@@ -296,7 +324,7 @@ class Path:
 
 
 def tlb_miss_references(guest_levels: int = 4, nested_levels: int = 0) -> int:
-    """Page-table references of one TLB miss: ``(n+1)(m+1) − 1`` (facts §3.5).
+    """Page-table references of one TLB miss: ``(n+1)(m+1) − 1`` [BHAR08, STOJ22].
 
     With no nested table (``m = 0``) it is the native ``n``; with 4-level guest
     and nested tables it is 24 (the 25th access, the data itself, is not a
@@ -374,7 +402,49 @@ def _kernel_does_io(stack: Stack, kernel: str, hw: str) -> list[Step]:
     ]
 
 
-def _vm_io_service(stack: Stack, guest: str, mon: str, hw: str) -> list[Step]:
+def _hypercall(domain: str, xen: str, kind: CrossingKind, what: str) -> list[Step]:
+    return [
+        Step(domain, xen, kind, note=f"hypercall {what}"),
+        Step(xen, domain, kind, note="the hypercall returns"),
+    ]
+
+
+def _xen_split_driver(stack: Stack, guest: str, xen: str, hw: str, assist: bool) -> list[Step]:
+    """Xen's split driver: frontend in the guest, backend in Domain 0 (see the module docstring).
+
+    Starts and ends in the guest kernel (its frontend), unlike the other I/O services.
+    """
+    front = stack.role("kernel", guest).name
+    back = stack.role("backend", guest).name
+    x = _exit_kind(assist)
+    return [
+        Step(front, front, CrossingKind.RING_SLOT,
+             note="the frontend writes the request (with a grant reference) on the ring"),
+        Step(front, xen, x, note="hypercall EVTCHNOP_send: notify the backend"),
+        Step(xen, back, CrossingKind.CONTEXT_SWITCH, note="Xen switches to Domain 0"),
+        Step(back, back, CrossingKind.INTERRUPT, note="event-channel upcall to the backend"),
+        Step(back, back, CrossingKind.RING_SLOT, note="the backend reads the request"),
+        Step(back, xen, x, note="hypercall GNTTABOP_map_grant_ref: map the guest's page"),
+        Step(xen, xen, CrossingKind.VALIDATE, note="Xen checks the grant entry (domid, flags)"),
+        Step(xen, xen, CrossingKind.PTE_UPDATE, note="Xen maps the frame into Domain 0"),
+        Step(xen, back, x, note="the hypercall returns"),
+        Step(back, hw, CrossingKind.DEVICE, note="Domain 0's native driver does the I/O"),
+        Step(hw, xen, CrossingKind.INTERRUPT, note="the device interrupt goes to Xen"),
+        Step(xen, back, CrossingKind.INTERRUPT, note="Xen forwards it to Domain 0 as an event"),
+        Step(back, xen, x, note="hypercall GNTTABOP_unmap_grant_ref"),
+        Step(xen, xen, CrossingKind.PTE_UPDATE, note="Xen clears the mapping"),
+        Step(xen, xen, CrossingKind.TLB_FLUSH, note="and flushes the stale translation"),
+        Step(xen, back, x, note="the hypercall returns"),
+        Step(back, back, CrossingKind.RING_SLOT, note="the backend writes the response"),
+        Step(back, xen, x, note="hypercall EVTCHNOP_send: notify the frontend"),
+        Step(xen, front, CrossingKind.CONTEXT_SWITCH, note="Xen switches back to the guest"),
+        Step(front, front, CrossingKind.INTERRUPT, note="event-channel upcall to the frontend"),
+        Step(front, front, CrossingKind.RING_SLOT, note="the frontend reads the response"),
+    ]
+
+
+def _vm_io_service(stack: Stack, guest: str, mon: str, hw: str,
+                   assist: bool = False) -> list[Step]:
     """From the monitor to the device and back to the monitor."""
     arch = stack.architecture
     if arch is Architecture.HOSTED:
@@ -412,6 +482,8 @@ def _vm_io_service(stack: Stack, guest: str, mon: str, hw: str) -> list[Step]:
             Step(hk, qemu, CrossingKind.SYSCALL, note="read() returns to QEMU"),
             Step(qemu, mon, CrossingKind.CONTEXT_SWITCH, note="QEMU calls KVM_RUN again"),
         ]
+    if stack.has_role("backend", guest):
+        return _xen_split_driver(stack, guest, mon, hw, assist)
     return [
         Step(
             mon,
@@ -540,11 +612,17 @@ def event_path(
                     mon, kernel, x, note="back into the guest" + (" (VM entry)" if assist else "")
                 ),
             ]
+        elif stack.has_role("backend", g):  # IO through a split driver (Xen)
+            steps = [
+                *_vm_syscall_in(app, kernel, mon, assist),
+                *_vm_io_service(stack, g, mon, hw, assist),
+                *_vm_syscall_out(app, kernel, mon, assist),
+            ]
         else:  # IO
             steps = [
                 *_vm_syscall_in(app, kernel, mon, assist),
                 Step(kernel, mon, x, note="the guest driver's I/O instruction leaves the guest"),
-                *_vm_io_service(stack, g, mon, hw),
+                *_vm_io_service(stack, g, mon, hw, assist),
                 Step(
                     mon,
                     kernel,

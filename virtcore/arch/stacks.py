@@ -9,7 +9,11 @@ Type 2 classification — is computed from these stacks.
 The architectures, in the notes' words (syllabus S1.1–S1.6):
 
 - **hosted** (寄居虚拟化): the VMM is an application on a host OS (S1.1);
-- **bare-metal** (裸金属虚拟化): the hypervisor sits on the hardware (S1.2);
+- **bare-metal** (裸金属虚拟化): the hypervisor sits on the hardware (S1.2) —
+  either driving the devices itself, as VMware ESXi's VMkernel does
+  (:func:`bare_metal`), or leaving them to a privileged Linux domain,
+  Domain 0, whose backend drivers serve the guests, as Xen does
+  (:func:`bare_metal_xen`; Hyper-V's parent partition plays the same part);
 - **OS-level** (操作系统虚拟化): one kernel split into containers, no
   hypervisor layer (S1.4);
 - **hybrid** (混合虚拟化): a kernel-level driver (KVM's ``kvm.ko``) turns the
@@ -54,6 +58,7 @@ __all__ = [
     "TypeView",
     "all_stacks",
     "bare_metal",
+    "bare_metal_xen",
     "classify",
     "hosted",
     "hybrid",
@@ -106,7 +111,7 @@ _ARCH_CHINESE = {
 
 
 class HypervisorType(str, enum.Enum):
-    """Goldberg's classification by where the hypervisor sits (S1.6; facts §5.1).
+    """Goldberg's classification by where the hypervisor sits (S1.6; [GOLD73, WIKIHV]).
 
     ``DEBATED`` is KVM's case (correction N3); ``NONE`` is OS-level
     virtualization, which has no hypervisor at all (S1.4).
@@ -152,6 +157,7 @@ class LayerKind(str, enum.Enum):
     APP = "app"
     VMM_PROCESS = "vmm_process"
     KERNEL_MODULE = "kernel_module"
+    CONTROL_DOMAIN = "control_domain"
 
     @property
     def chinese(self) -> str:
@@ -171,6 +177,7 @@ _KIND_CHINESE = {
     LayerKind.APP: "应用程序",
     LayerKind.VMM_PROCESS: "虚拟化管理软件（用户态进程）",
     LayerKind.KERNEL_MODULE: "内核级驱动器（内核模块）",
+    LayerKind.CONTROL_DOMAIN: "特权域（Domain 0，后端驱动）",
 }
 
 
@@ -178,10 +185,10 @@ class PrivilegeLevel(str, enum.Enum):
     """How much of the CPU a layer controls.
 
     - ``ROOT``: the most privileged software — ring 0 on a machine without
-      virtualization extensions, VMX root mode with them (facts §4.4).
+      virtualization extensions, VMX root mode with them [SDM].
     - ``GUEST_KERNEL``: a kernel that believes it runs in ring 0 but does not
       own the machine: deprivileged to ring 1/3 under software virtualization,
-      or ring 0 in VMX non-root mode with hardware assist (facts §4.3–4.4).
+      or ring 0 in VMX non-root mode with hardware assist [SDM, VMW07].
     - ``USER``: ring 3.
 
     >>> [p.value for p in PrivilegeLevel]
@@ -208,6 +215,10 @@ class EdgeKind(str, enum.Enum):
       a fault of both (they share one address space and privilege).
     - ``MANAGES``: control only (a container manager starts and stops
       containers); faults do not travel along it.
+    - ``SERVES``: a driver domain's backend serves a guest's I/O (Xen's
+      Domain 0).  Faults travel along it: a guest loses its devices with the
+      backend, and when Domain 0 crashes Xen reboots the whole machine
+      [XEN-SHUTDOWN].
 
     >>> EdgeKind.PART_OF.propagates_faults
     True
@@ -219,6 +230,7 @@ class EdgeKind(str, enum.Enum):
     HOSTS = "hosts"
     PART_OF = "part_of"
     MANAGES = "manages"
+    SERVES = "serves"
 
     @property
     def propagates_faults(self) -> bool:
@@ -298,15 +310,15 @@ KVM_TYPE_VIEWS: tuple[TypeView, ...] = (
         HypervisorType.TYPE_2,
         "By placement: kvm.ko is a module loaded into a general-purpose Linux kernel, "
         "and ordinary Linux applications compete with the VMs for the machine.",
-        "facts §5.1 (Wikipedia 'Hypervisor'); the notes' Type 2 diagram and list "
+        "[WIKIHV]; the notes' Type 2 diagram and list "
         "('KVM 、VirtualBox、VMware Workstation都属于这个类型')",
     ),
     TypeView(
         HypervisorType.TYPE_1,
         "By function: the module turns the host kernel itself into the hypervisor, which "
         "runs directly on the hardware; there is no separate host OS layer beneath it.",
-        "facts §5.1 ('effectively convert the host operating system to a type-1 "
-        "hypervisor'; Server Fault: 'If Hyper-V is type 1, then KVM is type 1 as well'); "
+        "[WIKIHV] ('effectively convert the host operating system to a type-1 "
+        "hypervisor'); "
         "the notes' KVM section ('物理硬件层上直接就是VMM虚拟化层…Host OS就是一个VMM')",
     ),
 )
@@ -612,8 +624,9 @@ def bare_metal(guests: int | Sequence[str] = 2, *, embedded: bool = False) -> St
     """Bare-metal virtualization (裸金属虚拟化, Type 1): the hypervisor sits on the hardware.
 
     No host OS; guests do not depend on one (S1.2, S1.7).  The hypervisor
-    here also drives the devices itself, as ESXi's VMkernel does; Xen hands
-    I/O to Domain 0 instead (chapter 5).  ``embedded=True`` marks a hypervisor
+    here also drives the devices itself, as ESXi's VMkernel does [ESX08]; Xen
+    hands I/O to Domain 0 instead — see :func:`bare_metal_xen` (and chapters
+    5–6).  ``embedded=True`` marks a hypervisor
     shipped inside the machine's firmware, beside the BIOS (S1.9: Hitachi
     Virtage, ESXi Embedded) — the layers are the same.
 
@@ -657,13 +670,91 @@ def bare_metal(guests: int | Sequence[str] = 2, *, embedded: bool = False) -> St
     )
 
 
+def bare_metal_xen(guests: int | Sequence[str] = 2) -> Stack:
+    """Bare metal the Xen way: the hypervisor on the hardware, the devices in Domain 0.
+
+    Xen's hypervisor has no device drivers of its own: the privileged
+    Domain 0 (a Linux kernel running *on* the hypervisor) holds the native
+    drivers and a **backend** driver for each guest device; a guest's
+    **frontend** driver puts requests on a ring in memory shared with the
+    backend (granted through the grant table) and notifies it through an
+    event channel (S5.3, S5.4, S6.2, S6.3) [XIG, XEN-RING, XEN-GNTTAB,
+    XEN-EVTCHN].  Hyper-V's parent partition plays the same part.  Still
+    Type 1: the hypervisor runs directly on the hardware, and Dom0 is a guest
+    of it — a privileged one.
+
+    Simplifications: one Domain 0 (no separate driver domain, S5.6); Domain 0
+    is drawn as one box (its kernel, backends and toolstack); a crash of
+    Domain 0 takes every guest with it because Xen reboots the machine when
+    the hardware domain crashes [XEN-SHUTDOWN].
+
+    >>> s = bare_metal_xen(guests=1)
+    >>> s.host_os is None, [l.name for l in s.below("hypervisor")]
+    (True, ['hardware'])
+    >>> [l.name for l in s.below("vm1 kernel")]
+    ['hypervisor', 'dom0 kernel']
+    >>> classify(s).type.value
+    'type 1'
+    """
+    names = _names(guests, "vm")
+    hv = Layer(
+        "hypervisor",
+        "Xen Hypervisor（无设备驱动）",
+        LayerKind.HYPERVISOR,
+        PrivilegeLevel.ROOT,
+        1,
+        note="Xen: CPU, memory, scheduling, event channels; no device drivers",
+    )
+    dom0 = Layer(
+        "dom0 kernel",
+        LayerKind.CONTROL_DOMAIN.chinese,
+        LayerKind.CONTROL_DOMAIN,
+        PrivilegeLevel.GUEST_KERNEL,
+        2,
+        note="Domain 0: Linux with the native drivers, the backends and the toolstack",
+    )
+    layers = [_hardware(), hv, dom0]
+    edges = [Edge("hardware", "hypervisor"), Edge("hypervisor", "dom0 kernel")]
+    roles = [
+        ("", "hardware", "hardware"),
+        ("", "root", "hypervisor"),
+        ("", "hypervisor", "hypervisor"),
+        ("", "driver_domain", "dom0 kernel"),
+    ]
+    for g in names:
+        kernel, app = _vm_layers(g, 2)
+        layers += [kernel, app]
+        edges += [
+            Edge("hypervisor", kernel.name),
+            Edge("dom0 kernel", kernel.name, EdgeKind.SERVES),
+            Edge(kernel.name, app.name),
+        ]
+        roles += [
+            (g, "app", app.name),
+            (g, "kernel", kernel.name),
+            (g, "monitor", "hypervisor"),
+            (g, "backend", "dom0 kernel"),
+        ]
+    return Stack(
+        "bare-metal (Xen-style)",
+        Architecture.BARE_METAL.chinese,
+        Architecture.BARE_METAL,
+        tuple(layers),
+        tuple(edges),
+        None,
+        names,
+        tuple(roles),
+        syllabus=("S1.2", "S1.6", "S1.7", "S3.5", "S5.3"),
+    )
+
+
 def os_level(containers: int | Sequence[str] = 2, host_os: str = "linux") -> Stack:
     """OS-level virtualization (操作系统虚拟化): one kernel split into containers.
 
     No hypervisor layer; every container's apps call the one host kernel
     directly; a container manager (容器管理器) starts and stops them (S1.4).
     In Linux the kernel keeps them apart with namespaces and limits them with
-    cgroups (facts §5.2).
+    cgroups [NS, CG].
 
     >>> s = os_level(containers=2)
     >>> s.has_layer("hypervisor"), s.role("kernel", "ct2").name
@@ -905,18 +996,26 @@ _BUILDERS: dict[Architecture, Callable[..., Stack]] = {
 }
 
 
+#: Stacks that are variants of an architecture, by their stack name.
+_VARIANTS: dict[str, Callable[..., Stack]] = {"bare-metal (Xen-style)": bare_metal_xen}
+
+
 def stack_for(
     architecture: Architecture | str, guests: int | Sequence[str] = 2, **kwargs: object
 ) -> Stack:
-    """The stack of one architecture, by enum or name.
+    """The stack of one architecture, by enum or name (or a variant's stack name).
 
     >>> stack_for("bare-metal", guests=3).guests
     ('vm1', 'vm2', 'vm3')
+    >>> stack_for("bare-metal (Xen-style)").has_layer("dom0 kernel")
+    True
     """
+    if isinstance(architecture, str) and architecture in _VARIANTS:
+        return _VARIANTS[architecture](guests, **kwargs)
     try:
         arch = Architecture(architecture)
     except ValueError:
-        known = ", ".join(a.value for a in Architecture)
+        known = ", ".join([a.value for a in Architecture] + list(_VARIANTS))
         raise ArchitectureError(f"unknown architecture {architecture!r}; known: {known}") from None
     return _BUILDERS[arch](guests, **kwargs)
 
@@ -958,7 +1057,7 @@ class Classification:
 def classify(stack: Stack) -> Classification:
     """Type 1, Type 2, debated or none — read off the stack, not looked up.
 
-    The rule is Goldberg's (facts §5.1): find the layer the guests' traps
+    The rule is Goldberg's ([GOLD73, WIKIHV]): find the layer the guests' traps
     land in (the *monitor*); if it runs directly on the hardware it is Type 1;
     if it runs on a host OS kernel it is Type 2; if it is a module *inside* a
     host kernel, both readings hold (correction N3); with no monitor at all

@@ -111,6 +111,10 @@ CROSSING_COLOURS: dict[CrossingKind, str] = {
     CrossingKind.DEVICE: "#2ca02c",
     CrossingKind.INTERRUPT: "#17becf",
     CrossingKind.MEMORY_REFERENCE: "#bcbd22",
+    CrossingKind.RING_SLOT: "#aec7e8",
+    CrossingKind.VALIDATE: "#ffbb78",
+    CrossingKind.PTE_UPDATE: "#c49c94",
+    CrossingKind.TLB_FLUSH: "#f7b6d2",
 }
 
 #: Fill colour of a layer's box, by kind.
@@ -123,6 +127,7 @@ LAYER_COLOURS: dict[LayerKind, str] = {
     LayerKind.APP: "#ffffff",
     LayerKind.VMM_PROCESS: "#dadaeb",
     LayerKind.CONTAINER_RUNTIME: "#fcc5c0",
+    LayerKind.CONTROL_DOMAIN: "#a1d99b",
 }
 
 _FAILED_FILL = "#f4a6a6"
@@ -311,8 +316,9 @@ def stack_layout(stack: Stack) -> dict[str, Box]:
 
     - a kernel module on its kernel's level (``kvm.ko``) is drawn *inside*
       the kernel's box, at its right end (``inset_of``);
-    - a shared layer that carries nothing and only manages others (the
-      container manager) gets a narrow side column on the right;
+    - a shared layer that carries nothing and only manages or serves others
+      (the container manager, Xen's Domain 0) gets a narrow side column on
+      the right, and the layer it runs on (Xen) extends under it;
     - layers of one level whose spans overlap (a QEMU process beside the
       guest kernel it hosts) share the width, a VMM process taking half the
       share of the others and at most 0.4 of a column.
@@ -336,8 +342,9 @@ def stack_layout(stack: Stack) -> dict[str, Box]:
     level_of = {layer.name: layer.level for layer in stack.layers}
     carries: dict[str, list[str]] = {}
     carried = set()
+    sideways = (EdgeKind.MANAGES, EdgeKind.SERVES)
     for e in stack.edges:
-        if e.kind is not EdgeKind.MANAGES:
+        if e.kind not in sideways:
             carries.setdefault(e.lower, []).append(e.upper)
             carried.add(e.upper)
     insets = {
@@ -350,8 +357,10 @@ def stack_layout(stack: Stack) -> dict[str, Box]:
         for layer in stack.layers
         if layer.guest is None
         and not carries.get(layer.name)
-        and any(e.lower == layer.name and e.kind is EdgeKind.MANAGES for e in stack.edges)
+        and any(e.lower == layer.name and e.kind in sideways for e in stack.edges)
     ]
+    under_side = {e.lower for e in stack.edges if e.upper in side and e.kind not in sideways
+                  and level_of[e.upper] > level_of[e.lower]}
     spans: dict[str, frozenset[int]] = {}
 
     def span(name: str, seen: frozenset[str] = frozenset()) -> frozenset[int]:
@@ -381,6 +390,8 @@ def stack_layout(stack: Stack) -> dict[str, Box]:
                     c for ins, host in insets.items() if host == layer.name for c in span(ins)
                 )
                 x0, x1 = float(min(cols)), float(max(cols) + 1)
+                if layer.name in under_side:  # it also carries a side column (Domain 0)
+                    x1 = width
             for i, (c0, c1, members) in enumerate(clusters):
                 if x0 < c1 and c0 < x1:
                     clusters[i] = (min(c0, x0), max(c1, x1), [*members, layer])
@@ -1368,10 +1379,8 @@ def _solve_flip(data: Mapping[str, Any]) -> float:
 def _gen_isolation(rng: random.Random) -> tuple[str, dict[str, Any]]:
     arch = rng.choice(list(Architecture))
     stack = stack_for(arch, 3)
-    faults = [
-        f for f in Fault
-        if f.value != "vmm_crash" or stack.has_role("user_vmm", stack.guests[0])
-    ]
+    roles = {Fault.VMM_CRASH: "user_vmm", Fault.BACKEND_CRASH: "backend"}
+    faults = [f for f in Fault if f not in roles or stack.has_role(roles[f], stack.guests[0])]
     fault = rng.choice(faults)
     n = rng.randint(2, 5)
     return (
