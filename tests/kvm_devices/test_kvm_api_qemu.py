@@ -200,7 +200,8 @@ w2:     in   r3, 0x1f7
 """
 
 
-def _teaching_on_model(program: str, budget: int = 5_000_000) -> tuple[QemuRun, QemuVMM, Any]:
+def _teaching_on_model(program: str, budget: int = 5_000_000,
+                       irqchip: bool = True) -> tuple[QemuRun, QemuVMM, Any]:
     from virtcore.hw.asm import assemble
     from virtcore.kvm.model import open_model_kvm
 
@@ -210,6 +211,8 @@ def _teaching_on_model(program: str, budget: int = 5_000_000) -> tuple[QemuRun, 
     mem.write(0, assemble(program).to_bytes())
     mem.write(0x2000, b"from the guest".ljust(512, b"."))
     vm.set_user_memory_region(0, 0, 0x10000, mem.address)
+    if irqchip:  # as QEMU does on x86
+        vm.create_irqchip()
     vcpu = vm.create_vcpu(0)
     sregs = vcpu.get_sregs()
     sregs.cs.base = 0
@@ -227,7 +230,7 @@ def test_teaching_guest_through_the_model_matches_teaching_vcpu() -> None:
     from virtcore.kvm.qemu import TeachingVcpu
 
     run, vmm, mem = _teaching_on_model(TEACHING_DISK)
-    assert run.stop == "KVM_EXIT_HLT" and run.output == "Z1"
+    assert run.stop == "KVM_MP_STATE_HALTED" and run.output == "Z1"
     disk = vmm.bus["disk"]
     assert disk.read_sector(3).startswith(b"from the guest")  # type: ignore[attr-defined]
     assert mem.read(0x3000, 5) == b"Zebra"  # QEMU's DMA, seen in the slot's user memory
@@ -241,11 +244,27 @@ def test_teaching_guest_through_the_model_matches_teaching_vcpu() -> None:
     assert [(e.reason, e.detail, e.device) for e in run.trace] == [
         (e.reason, e.detail, e.device) for e in ref.trace]
     assert run.output == ref.output and run.stats.exits == ref.stats.exits == 17
+    assert run.stats.kernel_exits == 1  # the hlt, kept in KVM by the in-kernel irqchip
+
+
+def test_without_irqchip_hlt_reaches_qemu() -> None:
+    """Check a VM without KVM_CREATE_IRQCHIP (the LWN program's) returns KVM_EXIT_HLT to QEMU,
+    like TeachingVcpu(irqchip=False); with one, the hlt costs no kernel↔user transition."""
+    from virtcore.kvm.qemu import TeachingVcpu
+
+    prog = "movi r1, 'k'\nout 0x3f8, r1\nhlt"
+    plain, _vmm, _mem = _teaching_on_model(prog, irqchip=False)
+    ref = QemuVMM(TeachingVcpu(prog, irqchip=False).memory)
+    ref_run = ref.run(TeachingVcpu(prog, irqchip=False))
+    assert plain.stop == ref_run.stop == "KVM_EXIT_HLT"
+    assert plain.stats.transitions == 2 + 1  # the out's round trip, the hlt's return
+    chip, _vmm, _mem = _teaching_on_model(prog)
+    assert chip.stop == "KVM_MP_STATE_HALTED" and chip.stats.transitions == 2
 
 
 def test_model_budget_eintr_is_re_entered() -> None:
     """Check EINTR from KVM_RUN (the model's budget) becomes KVM_EXIT_INTR and the loop goes on."""
     prog = "li r1, 5000\nl: addi r1, -1\ncmpi r1, 0\njnz l\nmovi r2, '!'\nout 0x3f8, r2\nhlt"
     run, _vmm, _mem = _teaching_on_model(prog, budget=2000)
-    assert run.stop == "KVM_EXIT_HLT" and run.output == "!"
+    assert run.stop == "KVM_MP_STATE_HALTED" and run.output == "!"  # EINTRs re-entered, not halts
     assert run.stats.by_reason["KVM_EXIT_IO"] == 1 and run.stats.transitions > 2

@@ -56,7 +56,8 @@ def test_costs_are_the_model() -> None:
     costs = ExitCosts(native_instruction=1, tcg_execute=10, tcg_translate=0, tcg_helper=0,
                       emulate=0, vm_exit=0, vm_entry=0, kernel_user=0)
     cmp = compare_tcg_kvm(iterations=400, io_every=0, costs=costs)
-    assert cmp.kvm.time_ns == cmp.kvm.native_instructions  # the hlt exit is free here
+    # the hlt exit (kept in KVM by the in-kernel irqchip) costs vm_exit + in_kernel only
+    assert cmp.kvm.time_ns == cmp.kvm.native_instructions + costs.in_kernel
     assert cmp.tcg.time_ns == pytest.approx(10 * (cmp.tcg.guest_instructions - 1))
     assert "QEMU + TCG" in repr(cmp) and "faster" in repr(cmp)
 

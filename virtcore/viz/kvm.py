@@ -97,10 +97,12 @@ IOCTL_FD: dict[str, str] = {
 
 #: Bar colours of the I/O paths (:data:`virtcore.kvm.qemu.PATHS`).
 PATH_COLOURS: dict[str, str] = {
-    "native": "#7f7f7f",
+    "native-legacy": "#c7c7c7",
     "emulated": "#d62728",
+    "native": "#7f7f7f",
     "virtio": "#2ca02c",
     "virtio+ioeventfd": "#1f77b4",
+    "vhost": "#17becf",
 }
 
 _REQUESTS: dict[str, int] = {name: number for number, name in IOCTL_NAMES.items()}
@@ -428,10 +430,11 @@ def vmm_exit_table(run: QemuRun) -> TableView:
     """The exits QEMU's loop handled: access, device, who handled it, transitions, cost.
 
     An exit handled in QEMU costs two kernel↔user transitions (``KVM_RUN``
-    returns to user space, QEMU calls it again); a kick on an ioeventfd is
-    handled inside KVM (none); the last exit returns to QEMU, which stops
-    (one).  Costs are :class:`~virtcore.kvm.qemu.ExitCosts` **teaching
-    assumptions** (≈ ns).
+    returns to user space, QEMU calls it again); a kick on an ioeventfd, and a
+    ``hlt`` on the in-kernel irqchip, are handled inside KVM (none for the vCPU
+    thread); an exit that ends the run returns to QEMU, which stops (one).
+    Costs are :class:`~virtcore.kvm.qemu.ExitCosts`, the course's cost model
+    (**teaching assumptions**, ≈ ns).
 
     Parameters
     ----------
@@ -451,13 +454,15 @@ def vmm_exit_table(run: QemuRun) -> TableView:
     >>> for r in t.rows:
     ...     print(r[1], r[3], r[4], r[5], sep=" | ")
     KVM_EXIT_IO | serial | QEMU (user space) | 2
-    KVM_EXIT_HLT | - | QEMU, which stops | 1
+    hlt (in KVM) | - | KVM (in-kernel irqchip) | 0
     """
     if not isinstance(run, QemuRun):
         raise ViewError(f"vmm_exit_table needs a QemuRun, not {type(run).__name__}")
     rows = []
     for e in run.trace:
         handled, transitions = _HANDLED.get(e.path, (e.path, 0))
+        if e.path == "kernel" and e.reason.startswith("hlt"):
+            handled = "KVM (in-kernel irqchip)"
         rows.append((str(e.index), e.reason, e.detail, e.device, handled, str(transitions),
                      f"{e.cost_ns:,.0f}"))
     st = run.stats
