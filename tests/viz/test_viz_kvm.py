@@ -464,3 +464,49 @@ def test_walkthrough_runs_without_unicorn_or_kvm(monkeypatch, capsys, unicorn, r
     assert ("Skipped: /nonexistent/kvm" in out) is (not real)
     if real and not unicorn:
         assert "not compared" in out
+
+
+# ---------------------------------------------------------------------------
+# the exit stepper and the qemu-kvm graph
+
+
+def test_exit_step_rows_are_the_kvm_run_fields_of_each_exit() -> None:
+    from virtcore.kvm.guests import teaching_echo
+
+    report = run_guest(teaching_echo(), inputs=b"q", regs_per_exit=True)
+    for i, rec in enumerate(report.exits):
+        rows = {r[0]: r[1] for r in vk.render_exit_step(report, i).rows}
+        assert rows["exit_reason"].startswith(f"{rec.reason} ({rec.name})")
+        if rec.port is not None:
+            assert rows["io.port"] == hex(rec.port) and rows["io.size"] == str(rec.size)
+        assert rows["rip (KVM_GET_REGS)"] == hex(report.regs_at_exit[i].rip)
+    with pytest.raises(ViewError):
+        vk.render_exit_step(report, len(report.exits))
+
+
+def test_exit_stepper_with_the_irqchip_ends_asleep_not_with_hlt() -> None:
+    w = vk.exit_stepper(irqchip=True)
+    assert [e.name for e in w.report.exits][-1] == "KVM_EXIT_INTR"
+    w.buttons["last"].click()
+    assert "KVM_MP_STATE_HALTED" in w.view.value and "EINTR" in w.view.value
+    w.buttons["prev"].click()
+    assert w.slider.value == len(w.report.exits) - 2
+
+
+def test_qemu_kvm_graph_follows_the_running_model() -> None:
+    ram = GuestRAM(64 * 1024)
+    vmm = QemuVMM(ram)
+    vmm.add_virtio(VirtioBlk(ram, capacity_sectors=8), name="vblk", ioeventfd=True)
+    vmm.add_virtio(VirtioBlk(ram, capacity_sectors=8), name="vhost-blk", port=0xC060,
+                   vhost=True)
+    gio = GuestIO(vmm)
+    gio.outl(VIRTIO_NOTIFY_PORT, 0)
+    gio.outl(0x3F8, ord("x"), size=1)
+    g = vk.qemu_kvm_graph(vmm, vcpus=2)
+    assert {d["layer"] for _, d in g.nodes(data=True)} == {"guest", "user", "kernel", "hardware"}
+    assert g.nodes["vhost-blk"]["layer"] == "kernel" and g.nodes["vblk"]["layer"] == "user"
+    assert g.edges["ioeventfd", "QEMU I/O thread"]["count"] == 1
+    assert g.edges["CPU 0/KVM", "serial"]["count"] == 1
+    assert ("CPU 1/KVM", "/dev/kvm") in g.edges
+    with pytest.raises(ViewError):
+        vk.qemu_kvm_graph("not a vmm")

@@ -65,10 +65,14 @@ __all__ = [
     "PATH_COLOURS",
     "TableView",
     "compare_exits",
+    "exit_stepper",
     "exit_table",
     "ioctl_table",
     "plot_device_paths",
+    "plot_qemu_kvm_graph",
     "plot_tcg_kvm",
+    "qemu_kvm_graph",
+    "render_exit_step",
     "request_encoding",
     "struct_table",
     "vmm_exit_table",
@@ -607,4 +611,300 @@ def plot_tcg_kvm(comparisons: TcgComparison | Sequence[TcgComparison], ax: Any =
     ax.set_title(title if title is not None else
                  "the same guest without and with KVM (speed-up = TCG time / KVM time)",
                  fontsize=9)
+    return ax
+
+
+# ---------------------------------------------------------------------------
+# the KVM_RUN exit stepper
+
+#: where x86 KVM leaves port-I/O data: page ``KVM_PIO_PAGE_OFFSET`` (1) of the vCPU mapping
+_PIO_DATA_OFFSET = 4096
+
+
+def render_exit_step(report: RunReport, i: int) -> TableView:
+    """The ``kvm_run`` fields after the ``i``-th ``KVM_RUN`` of ``report``, and what the VMM does.
+
+    One row per field of ``struct kvm_run`` the exit fills in [KVM-H; KVM-API §5]:
+    ``exit_reason``, then the member of the union it selects (``io``: direction,
+    size, port, count, data_offset and the data there; ``mmio``: phys_addr, len,
+    is_write, data; ``internal``: suberror), then ``rip`` after the exit (with
+    ``regs_per_exit=True``) and the VMM's next move.
+
+    Parameters
+    ----------
+    report : RunReport
+        From :func:`virtcore.kvm.cli.run_guest`.
+    i : int
+        0-based exit number.
+
+    Returns
+    -------
+    TableView
+        Columns ``field``, ``value``, ``meaning``.
+
+    Examples
+    --------
+    >>> from virtcore.kvm.cli import run_guest
+    >>> from virtcore.kvm.guests import teaching_lwn
+    >>> r = run_guest(teaching_lwn(), regs_per_exit=True)
+    >>> [row[:2] for row in render_exit_step(r, 0).rows[:3]]
+    [('exit_reason', '2 (KVM_EXIT_IO)'), ('io.direction', '1 (KVM_EXIT_IO_OUT)'), ('io.size', '4')]
+    >>> render_exit_step(r, 2).rows[-1][1]
+    'stop: the guest is done'
+    """
+    if not isinstance(report, RunReport):
+        raise ViewError(f"render_exit_step needs a RunReport, not {type(report).__name__}")
+    if not 0 <= i < len(report.exits):
+        raise ViewError(f"exit {i} does not exist: the run had {len(report.exits)} exits")
+    rec = report.exits[i]
+    rows: list[tuple[str, str, str]] = [
+        ("exit_reason", f"{rec.reason} ({rec.name})", "why KVM_RUN returned (offset 8)")]
+    if rec.reason == KVM_EXIT_IO:
+        out = rec.direction == KVM_EXIT_IO_OUT
+        rows += [
+            ("io.direction", f"{rec.direction} ({'KVM_EXIT_IO_OUT' if out else 'KVM_EXIT_IO_IN'})",
+             "the guest wrote (OUT) or reads (IN)"),
+            ("io.size", str(rec.size), "bytes per value"),
+            ("io.port", f"{rec.port:#x}", "the I/O port" + (" (COM1)" if rec.port == 0x3F8
+                                                             else "")),
+            ("io.count", str(rec.count), "values (> 1 for rep ins/outs)"),
+            ("io.data_offset", str(_PIO_DATA_OFFSET),
+             "where the data is, from the start of kvm_run (the PIO page)"),
+            ("data", _data_text(rec.data),
+             "the byte(s) written" if out else "what the VMM put there for the guest"),
+        ]
+        action = (f"print {rec.data[:1]!r} (the UART takes the low byte), KVM_RUN again"
+                  if out and rec.port == 0x3F8 else
+                  "KVM_RUN again" if out else "answer the IN at data_offset, KVM_RUN again")
+    elif rec.reason == KVM_EXIT_MMIO:
+        rows += [
+            ("mmio.phys_addr", f"{rec.phys_addr:#x}", "guest-physical address with no memory slot"),
+            ("mmio.len", str(rec.size), "bytes"),
+            ("mmio.is_write", str(int(bool(rec.is_write))), "1: a store, 0: a load"),
+            ("mmio.data", _data_text(rec.data),
+             "the stored bytes" if rec.is_write else "what the VMM returns to the load"),
+        ]
+        action = "emulate the device register, KVM_RUN again"
+    elif rec.reason == KVM_EXIT_INTERNAL_ERROR:
+        rows.append(("internal.suberror", str(rec.suberror),
+                     "1 = KVM_INTERNAL_ERROR_EMULATION: KVM's emulator could not go on"))
+        action = "stop: report the error"
+    elif rec.name == "KVM_EXIT_INTR":
+        rows.append(("(ioctl result)", "-1, errno EINTR",
+                     "a signal ended KVM_RUN; no union member is filled in"))
+        if report.mp_state is not None:
+            rows.append(("KVM_GET_MP_STATE", str(report.mp_state),
+                         "3 = KVM_MP_STATE_HALTED: the hlt put the vCPU to sleep in KVM"))
+        action = "stop: the vCPU sleeps in the kernel (no KVM_EXIT_HLT with an in-kernel irqchip)"
+    else:
+        action = "stop: the guest is done"
+    if i < len(report.regs_at_exit):
+        regs = report.regs_at_exit[i]
+        rows.append(("rip (KVM_GET_REGS)", f"{regs.rip:#x}", "the guest's next instruction"))
+    rows.append(("VMM", action, ""))
+    return TableView.build(("field", "value", "meaning"), rows,
+                           footer=f"exit {i + 1} of {len(report.exits)}")
+
+
+def exit_stepper(guest: Any = None, *, backend: str = "model", irqchip: bool = False,
+                 report: RunReport | None = None) -> Any:
+    """Step through a guest's ``KVM_RUN`` exits one at a time, showing ``kvm_run``'s fields.
+
+    Runs ``guest`` with :func:`virtcore.kvm.cli.run_guest` (``regs_per_exit=True``)
+    unless a ``report`` is given; each step is :func:`render_exit_step`.
+
+    Parameters
+    ----------
+    guest : Guest, optional
+        Default: the LWN guest in the teaching ISA.
+    backend : {"model", "real"}
+    irqchip : bool
+        Create the in-kernel irqchip first (QEMU does): the final ``hlt`` never
+        reaches the VMM.
+    report : RunReport, optional
+
+    Returns
+    -------
+    ipywidgets.VBox
+        With ``report``, ``slider``, ``buttons`` (``"first"``, ``"prev"``, ``"next"``,
+        ``"last"``), ``view`` and ``show(i)``.
+
+    Examples
+    --------
+    >>> w = exit_stepper()
+    >>> w.buttons["next"].click(); w.slider.value, "KVM_EXIT_IO" in w.view.value
+    (1, True)
+    >>> w.buttons["last"].click(); "KVM_EXIT_HLT" in w.view.value
+    True
+    """
+    widgets = require("ipywidgets")
+    if report is None:
+        from virtcore.kvm.cli import run_guest
+        from virtcore.kvm.guests import teaching_lwn
+
+        report = run_guest(guest if guest is not None else teaching_lwn(), backend=backend,
+                           regs_per_exit=True, irqchip=irqchip)
+    n = len(report.exits)
+    slider = widgets.IntSlider(value=0, min=0, max=max(0, n - 1), description="exit #",
+                               layout=widgets.Layout(width="320px"))
+    buttons = {key: widgets.Button(description=label, layout=widgets.Layout(width="auto"))
+               for key, label in (("first", "⏮ first"), ("prev", "◀ previous"),
+                                  ("next", "next ▶"), ("last", "last ⏭"))}
+    head = widgets.HTML(f"<b>{n} exits</b>: {esc(' → '.join(e.name for e in report.exits))}"
+                        f" — output {esc(repr(report.output))}")
+    view = widgets.HTML()
+
+    def show(i: int) -> None:
+        view.value = (render_exit_step(report, i).html or "") if n else "no exit"
+
+    slider.observe(lambda change: show(int(change["new"])), names="value")
+
+    def go(step: Any) -> Any:
+        def on_click(_button: Any) -> None:
+            new = min(max(step(slider.value), 0), max(0, n - 1))
+            if new == slider.value:
+                show(new)
+            slider.value = new
+        return on_click
+
+    buttons["first"].on_click(go(lambda _i: 0))
+    buttons["prev"].on_click(go(lambda i: i - 1))
+    buttons["next"].on_click(go(lambda i: i + 1))
+    buttons["last"].on_click(go(lambda _i: n - 1))
+    show(0)
+    box = widgets.VBox([head, widgets.HBox([*buttons.values(), slider]), view])
+    box.report = report
+    box.slider = slider
+    box.buttons = buttons
+    box.view = view
+    box.show = show
+    return box
+
+
+# ---------------------------------------------------------------------------
+# the qemu-kvm stack as a graph
+
+_LAYERS = ("guest", "user", "kernel", "hardware")
+
+
+def qemu_kvm_graph(vmm: Any, *, vcpus: int = 1, irqchip: bool = True) -> Any:
+    """The qemu-kvm stack (S4.3) as a networkx graph built from a running :class:`QemuVMM`.
+
+    Nodes carry ``layer`` (``"guest"``, ``"user"``, ``"kernel"``, ``"hardware"``):
+    the guest's vCPUs; QEMU's process — one vCPU thread per vCPU looping on
+    ``KVM_RUN`` [QEMU-ACCEL], its I/O thread, and every device on the VMM's bus
+    (an emulated device or a virtio back end in user space); KVM in the kernel with
+    ``/dev/kvm``, the in-kernel irqchip, ioeventfds and vhost workers where the
+    VMM set them up; the CPU with VT-x/AMD-V.  Edges carry ``label`` and
+    ``count``: how many exits took that path in the run so far
+    (``vmm.stats``).
+
+    Parameters
+    ----------
+    vmm : QemuVMM
+    vcpus : int
+    irqchip : bool
+        Whether the VM has KVM's in-kernel interrupt controller (QEMU's x86 default).
+
+    Returns
+    -------
+    networkx.DiGraph
+
+    Examples
+    --------
+    >>> from virtcore.kvm.qemu import QemuVMM, TeachingVcpu
+    >>> v = TeachingVcpu("movi r1, 'k'\\nout 0x3f8, r1\\nhlt")
+    >>> vmm = QemuVMM(v.memory); _ = vmm.run(v)
+    >>> g = qemu_kvm_graph(vmm)
+    >>> g.nodes["serial"]["layer"], g.edges["KVM", "CPU 0/KVM"]["count"]
+    ('user', 1)
+    >>> g.edges["vCPU 0", "KVM"]["count"]   # the out and the hlt
+    2
+    """
+    from virtcore.kvm.qemu import QemuVMM, VirtioNotifyPort
+
+    nx = require("networkx")
+    if not isinstance(vmm, QemuVMM):
+        raise ViewError(f"qemu_kvm_graph needs a QemuVMM, not {type(vmm).__name__}")
+    if isinstance(vcpus, bool) or not isinstance(vcpus, int) or vcpus < 1:
+        raise ViewError(f"vcpus must be a positive int, got {vcpus!r}")
+    st = vmm.stats
+    g = nx.DiGraph(name="qemu-kvm")
+    g.add_node("CPU (VT-x / AMD-V)", layer="hardware", kind="cpu")
+    g.add_node("RAM", layer="hardware", kind="memory")
+    g.add_node("KVM", layer="kernel", kind="module", text="kvm.ko + kvm-intel / kvm-amd")
+    g.add_node("/dev/kvm", layer="kernel", kind="device file")
+    g.add_node("QEMU I/O thread", layer="user", kind="thread")
+    g.add_edge("/dev/kvm", "KVM", label="ioctl", count=0)
+    g.add_edge("KVM", "CPU (VT-x / AMD-V)", label="VM entry", count=st.vm_entries)
+    if irqchip:
+        g.add_node("in-kernel irqchip", layer="kernel", kind="irqchip")
+        g.add_edge("KVM", "in-kernel irqchip", label="hlt, interrupts",
+                   count=st.by_reason.get("hlt (in KVM)", 0))
+    for k in range(vcpus):
+        guest, thread = f"vCPU {k}", f"CPU {k}/KVM"
+        g.add_node(guest, layer="guest", kind="vcpu")
+        g.add_node(thread, layer="user", kind="thread")
+        share = st.vm_exits if k == 0 else 0  # the model runs one vCPU
+        g.add_edge(guest, "KVM", label="VM exit", count=share)
+        g.add_edge(thread, "/dev/kvm", label="ioctl(KVM_RUN)", count=0)
+        g.add_edge("KVM", thread, label="KVM_RUN returns (IO/MMIO)",
+                   count=st.kernel_to_user if k == 0 else 0)
+    for dev in vmm.bus.devices:
+        handled = st.by_device.get(dev.name, 0)
+        if isinstance(dev, VirtioNotifyPort) and dev.vhost:
+            g.add_node(dev.name, layer="kernel", kind="vhost worker")
+            g.add_node("ioeventfd", layer="kernel", kind="eventfd")
+            g.add_edge("KVM", "ioeventfd", label="kick", count=handled)
+            g.add_edge("ioeventfd", dev.name, label="wake", count=handled)
+        elif isinstance(dev, VirtioNotifyPort) and dev.ioeventfd:
+            g.add_node(dev.name, layer="user", kind="virtio device")
+            g.add_node("ioeventfd", layer="kernel", kind="eventfd")
+            g.add_edge("KVM", "ioeventfd", label="kick", count=handled)
+            g.add_edge("ioeventfd", "QEMU I/O thread", label="wake", count=handled)
+            g.add_edge("QEMU I/O thread", dev.name, label="process queue", count=handled)
+        else:
+            kind = "virtio device" if isinstance(dev, VirtioNotifyPort) else "emulated device"
+            g.add_node(dev.name, layer="user", kind=kind)
+            g.add_edge("CPU 0/KVM", dev.name, label="emulate", count=handled)
+        g.add_edge(dev.name, "RAM", label="DMA", count=0)
+    return g
+
+
+def plot_qemu_kvm_graph(graph: Any, ax: Any = None) -> Any:
+    """Draw :func:`qemu_kvm_graph`: one row per layer (guest on top, hardware at the bottom).
+
+    Edge labels show each path's label and, when non-zero, its count.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> from virtcore.kvm.qemu import QemuVMM
+    >>> from virtcore.kvm.virtio import GuestRAM
+    >>> ax = plot_qemu_kvm_graph(qemu_kvm_graph(QemuVMM(GuestRAM(4096))))
+    >>> sorted(t.get_text() for t in ax.texts if t.get_text() in ("KVM", "RAM"))
+    ['KVM', 'RAM']
+    >>> import matplotlib.pyplot as plt; plt.close("all")
+    """
+    nx = require("networkx")
+    if not isinstance(graph, nx.DiGraph) or any("layer" not in d for _, d in
+                                                 graph.nodes(data=True)):
+        raise ViewError("plot_qemu_kvm_graph needs the graph of qemu_kvm_graph()")
+    ax = _new_axes(ax, (10, 5.2))
+    pos = {}
+    for row, layer in enumerate(_LAYERS):
+        names = [n for n, d in graph.nodes(data=True) if d["layer"] == layer]
+        for col, name in enumerate(names):
+            pos[name] = ((col + 0.5) / max(len(names), 1), -row)
+        ax.text(-0.08, -row, layer, ha="right", va="center", fontsize=9, style="italic")
+    colours = {"guest": "#ffdd99", "user": "#aed6f1", "kernel": "#d5f5e3", "hardware": "#e5e7e9"}
+    nx.draw_networkx_nodes(graph, pos, ax=ax, node_size=1900, node_shape="s",
+                           node_color=[colours[d["layer"]] for _, d in graph.nodes(data=True)])
+    nx.draw_networkx_labels(graph, pos, ax=ax, font_size=7)
+    nx.draw_networkx_edges(graph, pos, ax=ax, arrows=True, arrowsize=10, node_size=1900,
+                           connectionstyle="arc3,rad=0.08")
+    labels = {(u, v): d["label"] + (f" ×{d['count']}" if d.get("count") else "")
+              for u, v, d in graph.edges(data=True)}
+    nx.draw_networkx_edge_labels(graph, pos, edge_labels=labels, ax=ax, font_size=6)
+    ax.set_xlim(-0.15, 1.05)
+    ax.set_axis_off()
+    ax.set_title("the qemu-kvm stack, from the running model", fontsize=9)
     return ax
