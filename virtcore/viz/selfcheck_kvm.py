@@ -19,9 +19,15 @@ question                what it asks                                        cove
 ``kvm.run-calls``       how often the VMM loop calls ``KVM_RUN``            S3.1        3
 ``kvm.errno``           which errno a mistaken ioctl fails with             S3.1        3
 ``kvm.nice-share``      a VM's CPU share on the host's CFS, with nice       S3.2        3
+``kvm.needs-vtx``       which accelerator QEMU ends up with on a machine    S3.3        3
 ``kvm.tcg-exits``       VM exits of a guest under KVM and under TCG         S3.3, S4.4  4
 ``kvm.virtio-exits``    VM exits of emulated and virtio block I/O           S4.5        4
+``kvm.full-or-para``    full, paravirtual or pass-through: CPU and a device N5, N4      4
 ======================  ==================================================  ==========  =======
+
+The errno values follow the kernel's own checks in ``kvm_main.c`` [KVM-MAIN] and the
+project's measurements on a real ``/dev/kvm`` [LOCAL]; the accelerator rules follow
+the kernel's modules (``kvm-intel`` needs VMX, ``kvm-amd`` SVM) [KVM-API; SDM; APM].
 
 >>> from virtcore.viz.selfcheck import ask, check_answer, solution
 >>> check_answer("kvm.run-calls", ..., seed=3).status
@@ -177,7 +183,7 @@ def _solve_run_calls(data: Mapping[str, Any]) -> int:
     return report.ioctls.count("KVM_RUN")
 
 
-# -- kvm.errno (S3.1; facts §1.8) ---------------------------------------------------------
+# -- kvm.errno (S3.1; [KVM-MAIN; LOCAL]) ----------------------------------------------------
 
 #: the second call's cases, by the answer they lead to (a good first call comes before)
 _ERRNO_CASES: dict[str, tuple[str, ...]] = {
@@ -330,34 +336,129 @@ def _solve_virtio_exits(data: Mapping[str, Any]) -> tuple[int, int]:
     return c["emulated"].exits, c["virtio"].exits
 
 
+# -- kvm.needs-vtx (S3.3) ----------------------------------------------------------------
+
+_MACHINES = (
+    ("Intel", "vmx", True), ("Intel", "vmx", False), ("Intel", "", True),
+    ("AMD", "svm", True), ("AMD", "svm", False), ("AMD", "", True),
+)
+
+
+def as_accel(answer: object) -> str:
+    """An accelerator answer: ``"kvm"`` or ``"tcg"`` (case and spaces ignored).
+
+    >>> as_accel(" KVM "), as_accel("tcg")
+    ('kvm', 'tcg')
+    """
+    if isinstance(answer, str) and answer.strip().lower() in ("kvm", "tcg", "xen", "hvf"):
+        return answer.strip().lower()
+    raise AnswerFormatError(f"expected 'kvm' or 'tcg', got {answer!r}")
+
+
+def _gen_needs_vtx(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    vendor, flag, enabled = rng.choice(_MACHINES)
+    flags = "fpu pae sse2 " + (flag + " " if flag else "") + "lm nx"
+    firmware = "enabled" if enabled else "disabled"
+    return (f"A Linux host has an {vendor} CPU whose /proc/cpuinfo flags include\n"
+            f"    {flags}\n"
+            f"and its firmware setting for the virtualization extension is {firmware}. "
+            "QEMU is started\nwith -accel kvm -accel tcg (KVM if it can, else TCG). Which "
+            "accelerator runs the guest?\nAnswer 'kvm' or 'tcg'."), \
+        {"vendor": vendor, "flag": flag, "enabled": enabled}
+
+
+def _solve_needs_vtx(data: Mapping[str, Any]) -> str:
+    needed = {"Intel": "vmx", "AMD": "svm"}[data["vendor"]]  # kvm-intel / kvm-amd
+    return "kvm" if data["flag"] == needed and data["enabled"] else "tcg"
+
+
+# -- kvm.full-or-para (N5, N4) ------------------------------------------------------------
+
+_DEVICES = {
+    "an emulated ATA disk (QEMU's IDE model)": "full",
+    "an emulated e1000 network card": "full",
+    "a virtio_blk disk": "para",
+    "a virtio_net network card": "para",
+    "a network card's virtual function passed through with VFIO (SR-IOV)": "pass-through",
+}
+_KINDS = ("full", "para", "pass-through")
+
+
+def as_kinds(answer: object) -> tuple[str, str]:
+    """Two of ``'full'``, ``'para'``, ``'pass-through'`` (``'paravirtual'``, ``'passthrough'`` ok).
+
+    >>> as_kinds(("Full", "paravirtual")), as_kinds(["full", "passthrough"])
+    (('full', 'para'), ('full', 'pass-through'))
+    """
+    words = {"full": "full", "para": "para", "paravirtual": "para",
+             "pass-through": "pass-through", "passthrough": "pass-through"}
+    if isinstance(answer, (tuple, list)) and len(answer) == 2 and all(
+            isinstance(a, str) and a.strip().lower() in words for a in answer):
+        first, second = (words[a.strip().lower()] for a in answer)
+        return first, second
+    raise AnswerFormatError(f"expected two of {_KINDS}, like ('para', 'full'), got {answer!r}")
+
+
+def _gen_full_or_para(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    device = rng.choice(sorted(_DEVICES))
+    guest = rng.choice(("an unmodified Linux kernel", "an unmodified Windows kernel with "
+                        "the matching driver installed"))
+    return ("The notes say \"KVM only supports full virtualization\". A KVM guest on VT-x "
+            f"runs {guest};\nits device is {device}. How is (1) the guest's CPU and (2) "
+            "this device virtualized?\nAnswer a pair of 'full', 'para' or 'pass-through', "
+            "e.g. ('para', 'full')."), {"device": device}
+
+
+def _solve_full_or_para(data: Mapping[str, Any]) -> tuple[str, str]:
+    # the CPU: guest code runs unmodified in guest mode (KVM_RUN), whatever the device
+    return "full", _DEVICES[data["device"]]
+
+
 #: The walkthrough's questions, in the order of its sections.
 CHECKS: tuple[SelfCheck, ...] = (
     SelfCheck("kvm.ioctl-number", 3, _gen_ioctl_number, _solve_ioctl_number, as_int,
-              hint="size is sizeof the structure (0 for _IO); e.g. _IOW(0xAE, 0x46, 32) = "
-                   "1 << 30 | 32 << 16 | 0xAE << 8 | 0x46 = 0x4020ae46.",
+              hint="size is sizeof the structure (0 for _IO); for example KVM_GET_DIRTY_LOG = "
+                   "_IOW(0xAE, 0x42, 16) = 1 << 30 | 16 << 16 | 0xAE << 8 | 0x42 = 0x4010ae42; "
+                   "`ioctl_table` shows the encoding of every request.",
               covers=("S3.1",)),
     SelfCheck("kvm.run-calls", 3, _gen_run_calls, _solve_run_calls, as_int,
               hint="every out and in is a KVM_EXIT_IO, a load or store at 0x8000 a "
                    "KVM_EXIT_MMIO; each loop pass repeats them; the final hlt is one more "
-                   "KVM_RUN (KVM_EXIT_HLT).",
+                   "KVM_RUN (KVM_EXIT_HLT: this VM has no in-kernel irqchip). "
+                   "`run_guest` and `exit_table` show every exit.",
               covers=("S3.1",)),
     SelfCheck("kvm.errno", 3, _gen_errno, _solve_errno, as_errno,
               hint="unaligned addresses or sizes, unknown flags, deleting a missing slot and "
                    "resizing a slot are EINVAL; overlapping another slot or reusing a vCPU id "
-                   "is EEXIST; vCPU ids must be below 4096 (facts §1.4, §1.8).",
+                   "is EEXIST; vCPU ids must be below 4096. Try it with `attempt`.",
               covers=("S3.1",)),
     SelfCheck("kvm.nice-share", 3, _gen_nice_share, _solve_nice_share, as_percent,
               hint="sum the weights of all threads; the VM gets (its threads × its weight) / "
-                   "that sum.",
+                   "that sum (`Host` and its `ps()` show the weights).",
               covers=("S3.2",)),
+    SelfCheck("kvm.needs-vtx", 3, _gen_needs_vtx, _solve_needs_vtx, as_accel,
+              hint="kvm-intel loads only on a CPU with VMX (the vmx flag) and kvm-amd only with "
+                   "SVM (svm), and neither if the firmware switched the extension off; without "
+                   "a module there is no /dev/kvm and QEMU falls back to TCG (`kvm_available` "
+                   "says why).",
+              covers=("S3.3",)),
     SelfCheck("kvm.tcg-exits", 4, _gen_tcg_exits, _solve_tcg_exits, as_int_pair,
-              hint="under KVM each out and the final hlt exit to QEMU; under TCG there is no "
-                   "guest mode, so nothing exits — I/O is a helper call inside QEMU.",
+              hint="under KVM each out and the final hlt are VM exits (the outs go on to QEMU; "
+                   "the hlt stays in KVM on its in-kernel irqchip); under TCG there is no "
+                   "guest mode, so nothing exits — I/O is a helper call inside QEMU "
+                   "(`compare_tcg_kvm`).",
               covers=("S3.3", "S4.4")),
     SelfCheck("kvm.virtio-exits", 4, _gen_virtio_exits, _solve_virtio_exits, as_int_pair,
               hint="emulated: 5 exits per request; virtio: one kick (exit) per batch, the "
-                   "requests themselves are plain memory writes.",
+                   "requests themselves are plain memory writes (`compare_block_io`).",
               covers=("S4.5",)),
+    SelfCheck("kvm.full-or-para", 4, _gen_full_or_para, _solve_full_or_para, as_kinds,
+              hint="KVM runs the guest's unmodified instructions in guest mode (VT-x/AMD-V): "
+                   "the CPU is fully virtualized. An emulated device copies a real one's "
+                   "registers, so an unmodified driver works (full); virtio needs a driver "
+                   "that knows it is virtualized (paravirtual); VFIO / SR-IOV hand the guest a "
+                   "real device (pass-through).",
+              covers=("N5", "N4")),
 )
 
 for _check in CHECKS:
