@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import IO, Any
 
@@ -415,20 +415,50 @@ def cmd_import(args: argparse.Namespace) -> int:
 # -- grade ----------------------------------------------------------------------------------------
 
 
-def _grade_task(nb_path: str | None, assignment: str, student: str, secret: bytes,
-                source_nb: str, timeout: float) -> dict[str, Any]:
-    """Run in a pool process: grade one notebook, return its JSON form."""
-    from autograder.grade import grade_notebook
+def _pool_init() -> None:
+    """In each grading process: die with the driver (``PR_SET_PDEATHSIG``), leave Ctrl-C to it.
 
-    result = grade_notebook(Path(nb_path) if nb_path else None, assignment, student, secret,
-                            source_notebook=Path(source_nb), timeout=timeout)
-    return result.to_json()
+    So killing ``grade`` (SIGTERM, SIGINT, SIGKILL) kills its pool, and each sandbox dies with
+    its pool process (``bwrap --die-with-parent``): nothing is left running.
+    """
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the driver died before prctl: do not grade for nobody
+        os._exit(1)
+
+
+def _executor(args: argparse.Namespace, n: int) -> Any:
+    """Where the grading tasks run: a local process pool of ``--jobs`` processes.
+
+    Any :class:`concurrent.futures.Executor` does (``submit`` + ``as_completed``); every
+    task is a picklable :class:`autograder.grade.GradeTask` run by the top-level function
+    :func:`autograder.grade.grade_submission`.
+    """
+    jobs = max(1, args.jobs or os.cpu_count() or 1)
+    ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=min(jobs, n), mp_context=ctx, initializer=_pool_init)
+
+
+def _read_capped(path: Path | None) -> bytes | None:
+    """The submitted notebook's bytes — at most one byte past the size cap (the grader then
+    refuses it without reading a huge file)."""
+    from autograder.grade import MAX_NOTEBOOK_BYTES
+
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read(MAX_NOTEBOOK_BYTES + 1)
 
 
 def _load_cached(path: Path, sha: str) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if (not isinstance(data, dict) or data.get("format") != RESULT_FORMAT
             or data.get("submission_sha256") != sha or "result" not in data):
@@ -455,20 +485,37 @@ def _record(gb: CourseGradebook, spec: Any, course: Path, result: Any) -> None:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     """Grade every submission of an assignment in parallel; resumable; scores to the gradebook."""
-    from autograder.grade import NotebookResult
+    from autograder.extract import read_preamble
+    from autograder.grade import (
+        GradeOutcome,
+        GradeTask,
+        NotebookResult,
+        grade_submission,
+        hidden_seed_key,
+    )
+    from autograder.sandbox import sandbox_problem
 
     course: Path = args.course
     spec = get_spec(args.assignment)
     src = source_notebook(course, spec)
+    unsafe = bool(getattr(args, "unsafe_no_sandbox", False))
+    if not unsafe:
+        problem = sandbox_problem()
+        if problem is not None:
+            raise CLIError(f"no sandbox for the students' code: {problem}.  Grading refused;"
+                           " install bubblewrap, or run with --unsafe-no-sandbox (student code"
+                           " then runs without isolation: only on submissions you trust)")
     secret = load_secret(course)
+    preamble = tuple(read_preamble(src))
     sub_root = course / "submitted"
     students = sorted(d.parent.name for d in sub_root.glob(f"*/{spec.name}") if d.is_dir()
                       and valid_student_id(d.parent.name)) if sub_root.is_dir() else []
     if args.student:
         students = [s for s in students if s in set(args.student)]
-    jobs = max(1, args.jobs or os.cpu_count() or 1)
     outcome: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    notes: list[str] = []
+    retried = 0
     todo: list[tuple[str, Path | None, str]] = []
     with CourseGradebook.for_course(course, args.db_url) as gb:
         gb.ensure_assignment(spec, src)
@@ -476,7 +523,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         skipped = 0
         for s in students:
             nb = course / "submitted" / s / spec.name / spec.notebook
-            path = nb if nb.is_file() else None
+            path = nb if nb.is_file() and not nb.is_symlink() else None
             sha = sha256_file(path)
             cached = None if args.force else _load_cached(result_path(course, s, spec.name), sha)
             if cached is not None:
@@ -495,22 +542,31 @@ def cmd_grade(args: argparse.Namespace) -> int:
         bar = Progress(len(todo), sys.stderr, f"grade {spec.name}")
         interrupted = False
         if todo:
-            ctx = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx)
-            futures: dict[Future[dict[str, Any]], tuple[str, str]] = {}
+            pool = _executor(args, len(todo))
+            futures: dict[Any, tuple[str, str]] = {}
             try:
                 for s, path, sha in todo:
-                    fut = pool.submit(_grade_task, str(path) if path else None, spec.name, s,
-                                      secret, str(src), args.timeout)
-                    futures[fut] = (s, sha)
+                    task = GradeTask(s, spec.name, _read_capped(path), preamble,
+                                     hidden_seed_key(secret, s, spec.name, sha), sha,
+                                     part_timeout=args.timeout,
+                                     budget_seconds=getattr(args, "budget", 300.0),
+                                     sandbox="none" if unsafe else "bwrap")
+                    futures[pool.submit(grade_submission, task)] = (s, sha)
                 for fut in as_completed(futures):
                     s, sha = futures[fut]
                     try:
-                        data = fut.result()
+                        got: GradeOutcome = fut.result()
+                        data = got.result
                         res = NotebookResult.from_json(data)
                     except Exception as e:  # a grader bug or a broken pool: retry next run
                         errors[s] = f"not graded: {type(e).__name__}: {e}"
                         bar.step(f"{s}: grader error")
+                        continue
+                    retried += got.retried
+                    if not got.cacheable:  # an infrastructure fault is not a grade
+                        errors[s] = ("not graded: infrastructure fault after retries: "
+                                     + "; ".join(got.faults)[:300])
+                        bar.step(f"{s}: infrastructure fault")
                         continue
                     wrapper = {"format": RESULT_FORMAT, "student": s, "assignment": spec.name,
                                "submission_sha256": sha,
@@ -534,8 +590,14 @@ def cmd_grade(args: argparse.Namespace) -> int:
                 bar.close()
                 if not interrupted:
                     pool.shutdown(wait=True)
+    if retried:
+        notes.append(f"{retried} worker run(s) were retried after an infrastructure fault or"
+                     " a kill from outside (never cached as grades)")
+    if unsafe:
+        notes.append("WARNING: graded WITHOUT a sandbox (--unsafe-no-sandbox): the students'"
+                     " code ran unconfined, with this user's rights")
     _print_summary(spec, outcome, errors, sorted(roster - set(students)) if not args.student
-                   else [])
+                   else [], notes)
     return 1 if errors else 0
 
 
@@ -550,10 +612,12 @@ def _copy_for_formgrader(course: Path, spec: Any, student: str) -> None:
 
 
 def _print_summary(spec: Any, outcome: dict[str, Any], errors: dict[str, str],
-                   absent: Sequence[str]) -> None:
+                   absent: Sequence[str], notes: Sequence[str] = ()) -> None:
     total = sum(p.points for p in spec.parts)
     print(f"{spec.name}: {len(outcome)} graded, {len(errors)} error(s),"
           f" {len(absent)} on the roster without a submission")
+    for note in notes:
+        print(f"  {note}")
     for s in sorted(outcome):
         r = outcome[s]
         faults = _faults(r)
@@ -729,6 +793,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock limit per graded part, seconds (default: %(default)s)")
     s.add_argument("--student", action="append", default=None,
                    help="grade only this student (repeatable)")
+    s.add_argument("--budget", type=float, default=300.0,
+                   help="wall-clock budget per student, all parts (default: %(default)s s)")
+    s.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="grade even without bubblewrap: student code runs UNCONFINED")
     s.set_defaults(func=cmd_grade)
 
     s = sub.add_parser("feedback", parents=[common], help=_summary(cmd_feedback))

@@ -83,6 +83,9 @@ class CheckResult:
     message: str
     hidden: bool
     seed: int | None = None
+    #: For the instructor only (the report, never the feedback): the failing case's label,
+    #: seed and the whole divergence.  A hidden check's ``message`` names neither seed nor case.
+    instructor: str = ""
 
 
 @dataclass
@@ -113,6 +116,8 @@ class NotebookResult:
     parts: list[PartResult]
     reason: str
     seconds: float
+    #: ``"bwrap"``, or ``"none"`` when graded with ``--unsafe-no-sandbox``.
+    sandbox: str = "bwrap"
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (:meth:`from_json` reads it back)."""
@@ -169,9 +174,7 @@ def normalize_secret(secret: bytes | str) -> str:
     return text
 
 
-def _redact(text: str, secret: str) -> str:
-    if secret and secret in text:
-        text = text.replace(secret, "<redacted>")
+def _clip(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 
 
@@ -190,98 +193,298 @@ def _zero(part: Part, status: str, reason: str, message: str | None = None) -> P
                        for c in part.checks], reason)
 
 
-def _seed_fn(secret: str, student: str, assignment: str, check: Check) -> Callable[[int], int]:
+def hidden_seed_key(secret: bytes | str, student: str, assignment: str, sha256: str) -> str:
+    """The key a submission's hidden cases are drawn from: secret, student, assignment and the
+    notebook's SHA-256 — so each submission gets fresh hidden cases (knowing one submission's
+    cases helps nothing with the next), re-grading the same notebook gives the same ones, and
+    the course secret itself never leaves the grading driver.
+
+    >>> k = hidden_seed_key("s3cret", "alice", "a9", "ab" * 32)
+    >>> k == hidden_seed_key("s3cret", "alice", "a9", "ab" * 32) != hidden_seed_key(
+    ...     "s3cret", "alice", "a9", "cd" * 32)
+    True
+    """
+    return f"{derive_seed(normalize_secret(secret), 'hidden', student, assignment, sha256):016x}"
+
+
+def _seed_fn(seed_key: str, assignment: str, check: Check) -> Callable[[int], int]:
     if check.hidden:
-        return lambda k: derive_seed(secret, student, assignment, check.name, k)
+        return lambda k: derive_seed(seed_key, check.name, k)
     return lambda k: derive_seed(PUBLIC_SEED_KEY, assignment, check.name, k)
 
 
-def _case_name(case: dict[str, Any]) -> str:
+def _case_name(case: dict[str, Any], *, with_seed: bool = True) -> str:
     label = str(case.get("label") or "case")
     seed = case.get("seed")
+    if not with_seed:
+        return label.split(" seed=")[0]
     if seed is not None and f"seed={seed}" not in label:
         label += f" (seed={seed})"
     return label
+
+
+#: A submitted notebook larger than this is not parsed (status ``corrupt``).
+MAX_NOTEBOOK_BYTES = 8 * 1024 * 1024
+#: More cells than this (counted in the raw file, before parsing): ``corrupt``.
+MAX_CELLS = 1000
+#: A solution cell longer than this (characters) is not run; its part scores 0 (``error``).
+MAX_CELL_CHARS = 200_000
+#: Seconds a whole student (every part, every retry) may take, unless the task says otherwise.
+STUDENT_BUDGET = 300.0
+#: Infrastructure faults (and SIGKILLs from outside) retried per part before giving up.
+RETRIES = 2
+_ANALYSE = ("import sys; sys.path.insert(0, sys.argv[1]); from autograder.grade import"
+            " _analyse_main; _analyse_main()")
+
+
+@dataclass(frozen=True)
+class GradeTask:
+    """Everything needed to grade one submission, as plain picklable data.
+
+    What :func:`grade_submission` runs on a pool process — or a cluster worker: it holds no
+    path of the course, no course secret (only :func:`hidden_seed_key`'s key), no handle.
+
+    Parameters
+    ----------
+    student, assignment : str
+    notebook : bytes or None
+        The submitted ``.ipynb`` (None: nothing was handed in).
+    preamble : tuple of str
+        The source notebook's set-up cells (:func:`autograder.extract.read_preamble`).
+    seed_key : str
+        Where the hidden cases come from (:func:`hidden_seed_key`).
+    sha256 : str
+        The notebook's SHA-256 (the driver's cache key).
+    part_timeout : float
+        Wall-clock limit of one worker.
+    budget_seconds : float
+        The whole submission's wall-clock budget (all parts and retries).
+    limits : sandbox.Limits or None
+    sandbox : {"bwrap", "none"}
+        ``"none"`` only with ``--unsafe-no-sandbox``.
+    retries : int
+        Runs retried per part after an infrastructure fault or a SIGKILL from outside.
+    """
+
+    student: str
+    assignment: str
+    notebook: bytes | None
+    preamble: tuple[str, ...]
+    seed_key: str
+    sha256: str = ""
+    part_timeout: float = 60.0
+    budget_seconds: float = STUDENT_BUDGET
+    limits: sandbox.Limits | None = None
+    sandbox: str = "bwrap"
+    retries: int = RETRIES
+
+
+@dataclass
+class GradeOutcome:
+    """What :func:`grade_submission` returns: the result (JSON data) and what went wrong
+    outside the student's control.
+
+    ``faults`` lists infrastructure failures that outlived their retries: such an outcome is
+    **not a grade** — the driver must not cache or record it (the next run grades it again).
+    ``retried`` counts the runs that were retried.
+    """
+
+    result: dict[str, Any]
+    faults: list[str] = field(default_factory=list)
+    retried: int = 0
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether this is a grade (no unresolved infrastructure fault)."""
+        return not self.faults
 
 
 @dataclass
 class _Notebook:
     spec: AssignmentSpec
     module: ModuleType
-    student: str
-    secret: str
+    task: GradeTask
     preamble: list[str]
     cells: list[extract.Cell]
-    findings: dict[str, list[integrity.Finding]]
+    findings: dict[str, list[str]]
     never_run: set[str]
-    timeout: float
-    limits: sandbox.Limits | None
+    deadline: float
     bad_cells: dict[str, tuple[str, str]] = field(default_factory=dict)
+    faults: list[str] = field(default_factory=list)
+    retried: int = 0
+
+
+def _analyse_main() -> None:
+    """Entry point of the analysis subprocess: notebook bytes on stdin, JSON on stdout."""
+    import json
+    import sys
+
+    args = json.loads(sys.argv[2])
+    raw = sys.stdin.buffer.read()
+    out = _analyse(raw, args["forbidden"], args["preamble"])
+    sys.stdout.write(json.dumps(out))
+
+
+def _analyse(raw: bytes, forbidden: list[str], preamble: list[str]) -> dict[str, Any]:
+    """Parse the notebook, take its solution cells, scan them (in the analysis subprocess)."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        return {"error": f"corrupt: not UTF-8 text ({e.reason} at byte {e.start})"}
+    try:
+        cells = extract.solution_cells(extract._parse(text))
+    except extract.SubmissionError as e:
+        return {"error": e.reason}
+    except RecursionError:
+        return {"error": "corrupt: nested too deeply to be a notebook"}
+    kept = [c for c in cells if len(c.source) <= MAX_CELL_CHARS]
+    found = integrity.scan_cells([(c.grade_id, c.source) for c in kept],
+                                 forbidden=forbidden, preamble=preamble)
+    return {"cells": [{"grade_id": c.grade_id, "source": c.source, "index": c.index}
+                      for c in cells],
+            "too_large": [c.grade_id for c in cells if len(c.source) > MAX_CELL_CHARS],
+            "findings": {gid: [[f.rule, str(f)] for f in fs] for gid, fs in found.items()}}
+
+
+def _analyse_bounded(raw: bytes, module: ModuleType, preamble: list[str],
+                     timeout: float) -> dict[str, Any]:
+    """:func:`_analyse` in a subprocess with a memory and CPU limit and a wall timeout: a
+    notebook built to be slow or huge to parse costs at most that, never the grader."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    def limits() -> None:  # the pool processes run no threads: safe here
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        cpu = max(2, int(timeout))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+
+    args = json.dumps({"forbidden": list(module.FORBIDDEN), "preamble": preamble})
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", _ANALYSE, str(sandbox.REPO_ROOT), args], input=raw,
+            capture_output=True, timeout=timeout, preexec_fn=limits, check=False,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    except subprocess.TimeoutExpired:
+        return {"error": f"corrupt: the notebook could not be read within {timeout:g} s"}
+    if proc.returncode != 0:
+        return {"error": "corrupt: the notebook could not be read within the grader's limits"
+                         f" (exit status {proc.returncode})"}
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        return {"error": "corrupt: the notebook could not be read"}
+    return out if isinstance(out, dict) else {"error": "corrupt: the notebook could not be read"}
+
+
+def grade_submission(task: GradeTask) -> GradeOutcome:
+    """Grade one submission (a top-level, picklable function: run it in any executor).
+
+    1. caps before parsing: size (:data:`MAX_NOTEBOOK_BYTES`), cell count (:data:`MAX_CELLS`);
+    2. parse, take the solution cells and run the integrity scan in a bounded subprocess;
+    3. each part in its own sandbox (:func:`autograder.sandbox.run_worker`), all within
+       ``budget_seconds``; infrastructure faults and SIGKILLs from outside are retried
+       (``retries``) and, if they persist, reported in ``faults`` rather than graded;
+    4. scores computed here from the grader's own reference runs.
+
+    Returns
+    -------
+    GradeOutcome
+    """
+    start = time.monotonic()
+    spec, module = _resolve(task.assignment)
+    max_score = float(spec.points)
+    preamble = list(task.preamble)
+
+    def whole(status: str, reason: str, why: str) -> GradeOutcome:
+        parts = [_zero(p, "missing", why) for p in spec.parts]
+        res = NotebookResult(task.student, spec.name, 0.0, max_score, status, parts, reason,
+                             time.monotonic() - start, task.sandbox)
+        return GradeOutcome(res.to_json())
+
+    if task.sandbox not in ("bwrap", "none"):
+        raise GradingError(f"sandbox must be 'bwrap' or 'none', not {task.sandbox!r}")
+    if task.notebook is None:
+        return whole("missing", "missing", "the notebook is missing")
+    raw = task.notebook
+    if len(raw) > MAX_NOTEBOOK_BYTES:
+        reason = (f"corrupt: {len(raw)} bytes, more than a notebook may be"
+                  f" ({MAX_NOTEBOOK_BYTES} bytes)")
+        return whole("corrupt", reason, f"the notebook cannot be read ({reason})")
+    ncells = raw.count(b'"cell_type"')
+    if ncells > MAX_CELLS:
+        reason = f"corrupt: {ncells} cells, more than a notebook may have ({MAX_CELLS})"
+        return whole("corrupt", reason, f"the notebook cannot be read ({reason})")
+    budget_end = start + max(1.0, task.budget_seconds)
+    info = _analyse_bounded(raw, module, preamble,
+                            max(5.0, min(60.0, budget_end - time.monotonic())))
+    if "error" in info:
+        reason = str(info["error"])
+        return whole("corrupt", reason, f"the notebook cannot be read ({reason})")
+    cells = [extract.Cell(str(c["grade_id"]), str(c["source"]), int(c["index"]))
+             for c in info.get("cells", [])]
+    findings = {str(k): [str(x[1]) for x in v] for k, v in info.get("findings", {}).items()}
+    rules = {str(k): {str(x[0]) for x in v} for k, v in info.get("findings", {}).items()}
+    never_run = {gid for gid, rs in rules.items() if rs - RUN_FLAGGED}
+    nb = _Notebook(spec, module, task, preamble, cells, findings, never_run, budget_end)
+    for gid in info.get("too_large", []):
+        nb.bad_cells[str(gid)] = ("error", f"the cell {gid} is longer than"
+                                           f" {MAX_CELL_CHARS} characters: not run")
+    parts = [_grade_part(nb, p) for p in spec.parts]
+    score = round(sum(p.score for p in parts), 6)
+    faults = [f"{p.grade_id}: {p.status}" for p in parts if p.status != "ok"]
+    res = NotebookResult(task.student, spec.name, score, max_score, "ok", parts,
+                         "; ".join(faults), time.monotonic() - start, task.sandbox)
+    return GradeOutcome(res.to_json(), nb.faults, nb.retried)
 
 
 def grade_notebook(path: Path | str | None, assignment: str | AssignmentSpec, student: str,
                    secret: bytes | str, *, source_notebook: Path | str,
-                   timeout: float = 60.0, limits: sandbox.Limits | None = None
+                   timeout: float = 60.0, limits: sandbox.Limits | None = None,
+                   sandbox_mode: str = "bwrap", budget: float = STUDENT_BUDGET
                    ) -> NotebookResult:
-    """Grade one student's notebook for ``assignment``.
+    """Grade one student's notebook for ``assignment`` (:func:`grade_submission` in this process).
 
     Parameters
     ----------
     path : Path or None
         The submitted notebook (None or a missing file: status ``"missing"``).
     assignment : str or AssignmentSpec
-        A name in :data:`autograder.assignments.REGISTRY` (or its spec).
+        A name in :data:`autograder.assignments.REGISTRY`.
     student : str
         The student id (hidden cases derive from it).
     secret : bytes or str
-        The course secret (see :func:`normalize_secret`); never sent to the worker, never in
-        a message.
+        The course secret (see :func:`normalize_secret`); it only makes the hidden-case key
+        (:func:`hidden_seed_key`), it goes no further.
     source_notebook : Path
         The instructor's source notebook: its preamble (set-up cells) is run before the
         student's cells.  Unreadable → :class:`~autograder.spec.GradingError`.
     timeout : float
-        Wall-clock limit of each worker (one per part, plus retries after a crash elsewhere).
+        Wall-clock limit of each worker.
     limits : sandbox.Limits, optional
-        Resource limits of the workers.
+    sandbox_mode : {"bwrap", "none"}
+    budget : float
+        Wall-clock budget of the whole notebook.
 
     Returns
     -------
     NotebookResult
+        Parts hit by an unresolved infrastructure fault have the status ``"error"`` and a
+        reason starting with ``"not graded"``.
     """
-    start = time.monotonic()
-    spec, module = _resolve(assignment)
-    secret_s = normalize_secret(secret)
+    spec, _ = _resolve(assignment)
     preamble = extract.read_preamble(source_notebook)
-    max_score = float(spec.points)
-    try:
-        cells = extract.read_submission(path)
-    except extract.SubmissionError as e:
-        why = ("the notebook is missing" if e.reason == "missing"
-               else f"the notebook cannot be read ({e.reason})")
-        parts = [_zero(p, "missing", why) for p in spec.parts]
-        return NotebookResult(student, spec.name, 0.0, max_score, e.status, parts, e.reason,
-                              time.monotonic() - start)
-    findings: dict[str, list[integrity.Finding]] = {}
-    defined = {c.grade_id: integrity.defined_names(c.source) for c in cells}
-    for c in cells:
-        own: set[str] = set()
-        for other, names in defined.items():
-            if other != c.grade_id:
-                own |= names
-        found = integrity.scan(c.source, forbidden=module.FORBIDDEN,
-                               context=[*preamble, *(o.source for o in cells if o is not c)],
-                               own=own)
-        if found:
-            findings[c.grade_id] = found
-    never_run = {gid for gid, found in findings.items()
-                 if any(f.rule not in RUN_FLAGGED for f in found)}
-    nb = _Notebook(spec, module, student, secret_s, preamble, cells, findings, never_run,
-                   timeout, limits)
-    parts = [_grade_part(nb, p) for p in spec.parts]
-    score = round(sum(p.score for p in parts), 6)
-    faults = [f"{p.grade_id}: {p.status}" for p in parts if p.status != "ok"]
-    return NotebookResult(student, spec.name, score, max_score, "ok", parts,
-                          "; ".join(faults), time.monotonic() - start)
+    raw: bytes | None = None
+    if path is not None and Path(path).is_file():
+        raw = Path(path).read_bytes()
+    import hashlib
+
+    sha = hashlib.sha256(raw).hexdigest() if raw is not None else ""
+    task = GradeTask(student, spec.name, raw, tuple(preamble),
+                     hidden_seed_key(secret, student, spec.name, sha), sha, timeout, budget,
+                     limits, sandbox_mode)
+    return NotebookResult.from_json(grade_submission(task).result)
 
 
 def _dying_cell(run: sandbox.WorkerRun) -> str | None:
@@ -311,43 +514,74 @@ def _dying_case(run: sandbox.WorkerRun) -> int | None:
     return current if isinstance(current, int) else None
 
 
+def _run_part(nb: _Notebook, task: dict[str, Any]) -> sandbox.WorkerRun | None:
+    """One worker run, retried after infrastructure faults and SIGKILLs from outside;
+    None when the student's time budget is used up."""
+    last: sandbox.WorkerRun | None = None
+    for attempt in range(nb.task.retries + 1):
+        left = nb.deadline - time.monotonic()
+        if left < 1.0:
+            return last if last is not None and last.outcome != "fault" else None
+        run = sandbox.run_worker(task, timeout=min(nb.task.part_timeout, left),
+                                 limits=nb.task.limits, sandbox=nb.task.sandbox)
+        if run.outcome == "timeout" and run.detail.startswith("still running") and (
+                nb.deadline - time.monotonic() < 1.0 and left < nb.task.part_timeout):
+            run.detail = (f"the time budget of the whole notebook"
+                          f" ({nb.task.budget_seconds:g} s) was used up")
+        killed = bool(run.extra.get("killed"))
+        if run.outcome != "fault" and not killed:
+            return run
+        if attempt < nb.task.retries:
+            nb.retried += 1
+        last = run
+    assert last is not None
+    return last
+
+
 def _grade_part(nb: _Notebook, part: Part) -> PartResult:
     gid = part.grade_id
     ids = [c.grade_id for c in nb.cells]
     if gid not in ids:
         return _zero(part, "missing", f"the solution cell {gid!r} is missing from the notebook")
     if gid in nb.findings:
-        shown = "; ".join(str(f) for f in nb.findings[gid][:3])
-        return _zero(part, "integrity", _redact(f"integrity: {shown}", nb.secret))
+        shown = "; ".join(nb.findings[gid][:3])
+        return _zero(part, "integrity", f"integrity: {shown}")
     if gid in nb.bad_cells:
         return _zero(part, *nb.bad_cells[gid])
     plan: list[tuple[Check, dict[str, Any]]] = []
     for check in part.checks:
-        seed_of = _seed_fn(nb.secret, nb.student, nb.spec.name, check)
+        seed_of = _seed_fn(nb.task.seed_key, nb.spec.name, check)
         plan += [(check, case) for case in nb.module.cases(part, check, seed_of)]
+    harness = nb.module.sandbox_plan(gid)[1][0]
     for _attempt in range(len(nb.cells) + 1):
         run_cells = [{"grade_id": c.grade_id, "source": c.source} for c in nb.cells
                      if c.grade_id not in nb.bad_cells and c.grade_id not in nb.never_run]
-        task = {"assignment": nb.spec.name, "part": gid, "preamble": nb.preamble,
-                "cells": run_cells, "cases": [case for _, case in plan],
+        task = {"assignment": nb.spec.name, "part": gid, "harness": harness,
+                "preamble": nb.preamble, "cells": run_cells, "cases": [c for _, c in plan],
                 "case_timeout": float(getattr(nb.module, "CASE_TIMEOUT", 3.0)),
                 "cell_timeout": float(getattr(nb.module, "CELL_TIMEOUT", 5.0))}
-        run = sandbox.run_worker(task, timeout=nb.timeout, limits=nb.limits)
+        run = _run_part(nb, task)
+        if run is None:
+            return _zero(part, "timeout", f"not run: the time budget of the whole notebook"
+                                          f" ({nb.task.budget_seconds:g} s) was used up")
+        if run.outcome == "fault":
+            nb.faults.append(f"{gid}: {run.detail}")
+            return _zero(part, "error", f"not graded: {run.detail} (an infrastructure fault;"
+                                        " the next run grades it again)")
         if run.outcome == "ok":
             return _score(nb, part, plan, run)
         status = "timeout" if run.outcome == "timeout" else "crashed"
         detail = run.detail if run.outcome != "memory" else (
             f"ran out of memory ({run.detail}; the limit is"
-            f" {(nb.limits or sandbox.Limits()).address_space_bytes >> 20} MiB)")
+            f" {(nb.task.limits or sandbox.Limits()).address_space_bytes >> 20} MiB)")
         dying = _dying_cell(run)
-        if dying is not None and dying != gid:
-            nb.bad_cells[dying] = (status, _redact(f"{status} while running the cell"
-                                                   f" {dying}: {detail}", nb.secret))
+        if dying is not None and dying != gid and dying in ids:
+            nb.bad_cells[dying] = (status, f"{status} while running the cell {dying}: {detail}")
             continue
         if dying == gid:
             reason = f"{status} while running the cell {gid}: {detail}"
-            nb.bad_cells[gid] = (status, _redact(reason, nb.secret))
-            return _zero(part, status, _redact(reason, nb.secret))
+            nb.bad_cells[gid] = (status, reason)
+            return _zero(part, status, reason)
         k = _dying_case(run)
         fatal = run.last("fatal")
         if k is None and fatal is not None and isinstance(fatal.get("index"), int):
@@ -355,8 +589,8 @@ def _grade_part(nb: _Notebook, part: Part) -> PartResult:
         where = ""
         if k is not None and 0 <= k < len(plan):
             check, case = plan[k]
-            where = f" on {_case_name(case)} of check {check.name}"
-        return _zero(part, status, _redact(f"{status}{where}: {detail}", nb.secret))
+            where = f" on {_case_name(case, with_seed=not check.hidden)} of check {check.name}"
+        return _zero(part, status, f"{status}{where}: {detail}")
     return _zero(part, "crashed", "the worker kept failing")  # pragma: no cover
 
 
@@ -370,15 +604,71 @@ def _error_type(msg: dict[str, Any]) -> str | None:
     return None
 
 
+_CELL_STATUSES = frozenset({"ok", "error", "not implemented", "timeout", "integrity"})
+
+
+def _malformed(run: sandbox.WorkerRun, cells: list[str], ncases: int) -> str | None:
+    """Why the worker's messages are not exactly what a worker sends (None: they are).
+
+    The worker's grammar is fixed: ``ready``, per cell ``cell-start`` then ``cell`` (in the
+    order sent), ``build``, and when it built, per case ``case-start`` then ``case`` (indices
+    0, 1, …), then ``done``.  Anything else — a line that is not JSON, a duplicate, a gap, a
+    message after ``done`` — means something else wrote on the result channel.
+    """
+    if run.garbage_lines:
+        return f"{run.garbage_lines} line(s) on the result channel were not the worker's"
+    msgs = run.messages
+    k = 0
+
+    def take(kind: str) -> dict[str, Any] | None:
+        nonlocal k
+        if k < len(msgs) and msgs[k].get("type") == kind:
+            k += 1
+            return msgs[k - 1]
+        return None
+
+    if take("ready") is None:
+        return "no ready message first"
+    for gid in cells:
+        start, cell = take("cell-start"), take("cell")
+        if start is None or cell is None or start.get("grade_id") != gid or (
+                cell.get("grade_id") != gid or cell.get("status") not in _CELL_STATUSES
+                or not isinstance(cell.get("error", ""), str)):
+            return f"the messages of the cell {gid} are out of order or malformed"
+    build = take("build")
+    if build is None or not isinstance(build.get("ok"), bool) or not isinstance(
+            build.get("touched", []), list):
+        return "no well-formed build message"
+    if build["ok"]:
+        for i in range(ncases):
+            start, case = take("case-start"), take("case")
+            if start is None or case is None or start.get("index") != i or (
+                    case.get("index") != i) or (("result" in case) == ("error" in case)):
+                return f"the messages of case {i} are out of order or malformed"
+            if "error" in case and not isinstance(case["error"], str):
+                return f"case {i}: malformed error"
+    if take("done") is None or k != len(msgs):
+        return "the messages do not end with one done"
+    return None
+
+
 def _score(nb: _Notebook, part: Part, plan: list[tuple[Check, dict[str, Any]]],
            run: sandbox.WorkerRun) -> PartResult:
     gid = part.grade_id
+    import json
+
+    sent = [c.grade_id for c in nb.cells
+            if c.grade_id not in nb.bad_cells and c.grade_id not in nb.never_run]
+    bad = _malformed(run, sent, len(plan))
+    if bad is not None:
+        return _zero(part, "error", f"the results of this part cannot be trusted ({bad}):"
+                                    " they score 0")
     cell = next((m for m in run.messages if m.get("type") == "cell"
                  and m.get("grade_id") == gid), None)
     if cell is None:
         return _zero(part, "error", "the cell did not run")
     status = cell.get("status")
-    err = _redact(str(cell.get("error") or ""), nb.secret)
+    err = _clip(str(cell.get("error") or ""))
     if status == "integrity":
         return _zero(part, "integrity", f"integrity: the cell {err} (the reference"
                      " implementation is not available while grading)")
@@ -389,10 +679,12 @@ def _score(nb: _Notebook, part: Part, plan: list[tuple[Check, dict[str, Any]]],
     if status != "ok":
         return _zero(part, "error", f"the cell {gid} raised an exception:\n{err}")
     build = run.last("build")
-    if build is None:
-        return _zero(part, "error", "the worker did not build the implementation")
+    assert build is not None
+    if build.get("touched"):
+        return _zero(part, "integrity", f"integrity: {_clip(str(build['touched'][0]))} while"
+                     " building")
     if not build.get("ok"):
-        text = _redact(str(build.get("error") or ""), nb.secret)
+        text = _clip(str(build.get("error") or ""))
         stubs = [str(m.get("grade_id")) for m in run.messages
                  if m.get("type") == "cell" and m.get("status") == "not implemented"]
         if stubs:  # e.g. the class is defined by a cell that is still the released stub
@@ -401,16 +693,16 @@ def _score(nb: _Notebook, part: Part, plan: list[tuple[Check, dict[str, Any]]],
         if "NotImplementedError" in text:
             return _zero(part, "not implemented", f"not implemented yet:\n{text}")
         return _zero(part, "error", text)
-    if build.get("touched"):
-        return _zero(part, "integrity", f"integrity: used {build['touched'][0]} while building"
-                     " (the reference implementation is not available while grading)")
-    results = {m["index"]: m for m in run.messages
-               if m.get("type") == "case" and isinstance(m.get("index"), int)}
-    touched = [m["touched"][0] for m in results.values()
-               if isinstance(m.get("touched"), list) and m["touched"]]
-    if touched:
-        return _zero(part, "integrity", f"integrity: called {touched[0]} while grading (the"
-                     " reference implementation is not available while grading)")
+    results = {m["index"]: m for m in run.messages if m.get("type") == "case"}
+    for m in results.values():
+        text = json.dumps(m)
+        if m.get("touched") or sandbox.REDACTED_MARK in text:
+            import re
+
+            what = re.search(r"([\w.]+): " + re.escape(sandbox.REDACTED_MARK), text)
+            name = what.group(1) if what else "a reference implementation"
+            return _zero(part, "integrity", f"integrity: called {name} while grading (the"
+                         " reference implementation is not available while grading)")
     checks: list[CheckResult] = []
     failures: list[str | None] = []
     for check in part.checks:
@@ -439,16 +731,22 @@ def _score(nb: _Notebook, part: Part, plan: list[tuple[Check, dict[str, Any]]],
                 first = (case, verdict)
         n = len(idx)
         pts = round(check.points * passed / n, 4) if n else float(check.points)
+        seed = None
+        instructor = ""
         if first is None:
             message = f"all {n} cases passed" if n != 1 else "the case passed"
-            seed = None
         else:
             case, verdict = first
-            message = (f"{passed}/{n} cases passed; first failure — {_case_name(case)}:"
-                       f" {verdict}")
-            seed = case.get("seed") if isinstance(case.get("seed"), int) else None
+            shown = _case_name(case, with_seed=not check.hidden)
+            message = f"{passed}/{n} cases passed; first failure — {shown}: {verdict}"
+            instructor = (f"{passed}/{n} cases passed; first failure — {_case_name(case)}:"
+                          f" {verdict}")
+            if not check.hidden and isinstance(case.get("seed"), int):
+                seed = int(case["seed"])
+            if check.hidden:
+                message = _strip_seeds(message)
         checks.append(CheckResult(check.name, pts, float(check.points), passed == n,
-                                  _redact(message, nb.secret), check.hidden, seed))
+                                  _clip(message), check.hidden, seed, _clip(instructor)))
     score = round(sum(c.points for c in checks), 4)
     status = "ok"
     reason = ""
@@ -456,6 +754,13 @@ def _score(nb: _Notebook, part: Part, plan: list[tuple[Check, dict[str, Any]]],
         status = "not implemented"
         reason = "not implemented yet (every case raised NotImplementedError)"
     return PartResult(gid, score, float(part.points), status, checks, reason)
+
+
+def _strip_seeds(text: str) -> str:
+    """A hidden check's message without any ``seed=N`` (a comparer may name the seed)."""
+    import re
+
+    return re.sub(r"\s*\(?seed=\d+\)?", "", text)
 
 
 def feedback_text(result: NotebookResult) -> str:
@@ -517,7 +822,7 @@ def run_visible(assignment: str | AssignmentSpec, grade_id: str,
     for check in part.checks:
         if check.hidden:
             continue
-        cases = module.cases(part, check, _seed_fn("", "", spec.name, check))
+        cases = module.cases(part, check, _seed_fn("", spec.name, check))
         passed = 0
         first = None
         for case in cases:

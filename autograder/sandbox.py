@@ -1,41 +1,59 @@
-"""Run the worker (:mod:`autograder.worker`) as a confined subprocess and collect its messages.
+"""Run the worker (:mod:`autograder.worker`) in a bubblewrap sandbox and collect its messages.
 
-The worker is started as ``python -I -B -c <bootstrap> <repo root> <fd> <limits>``:
+**What the sandbox is** (:func:`bwrap_command`).  Every graded part runs in its own
+bubblewrap (``bwrap``) sandbox:
 
-- **isolated** interpreter (``-I``: no ``PYTHON*`` variables, no user site, no current
-  directory on ``sys.path``); the bootstrap puts the repository root on ``sys.path`` so that
-  ``autograder`` and ``virtcore`` import from this checkout;
-- **scrubbed environment**: ``PATH``, ``LANG``, ``HOME``/``TMPDIR`` = the worker's own temporary
-  directory — no ``VIRTCORE_COURSE_SECRET``, nothing inherited;
-- **cwd** = a fresh temporary directory (owned by ``nobody`` when the grader is root), removed
-  afterwards;
-- **new session** (its own process group), killed as a group on timeout;
-- **resource limits**, set by the worker on itself before any student code runs
+- its own PID, mount, IPC, UTS, network and cgroup namespaces (and a user namespace when the
+  grader is not root): it sees no other process (it cannot signal another student's worker
+  or open its pipes through ``/proc/<pid>/fd``), has no network, and dies with its parent
+  (``--die-with-parent``; ``--new-session`` against terminal injection);
+- a root file system built from nothing: read-only binds of ``/usr`` (libc, the loader),
+  the interpreter's own prefix, and the **staged library** (:func:`stage`) at ``/sandbox`` —
+  nothing of the checkout, ``course/``, the gradebook, the course secret, cached results or
+  anyone's home; private ``tmpfs`` at ``/tmp``, ``/var/tmp`` and ``/run`` and a private
+  ``/dev`` (so ``/dev/shm`` is private too), all gone when the part ends;
+- a clean environment (``PATH``, ``HOME=/tmp``, ``LANG``; nothing inherited, so no
+  ``VIRTCORE_COURSE_SECRET``);
+- an unprivileged user: as root, ``setpriv`` switches to uid/gid 65534 with no groups, no
+  capabilities and ``no_new_privs`` *before the interpreter starts*; as an ordinary user the
+  user namespace maps the sandbox to that user, who can reach nothing of theirs inside;
+- resource limits, set by the worker on itself before any student code runs
   (:class:`Limits`): address space, CPU seconds, file size, open files, no core dumps, no new
-  processes (``RLIMIT_NPROC`` 0 once unprivileged).  They are set in the child rather than in a
-  ``preexec_fn``, which is unsafe when the grader has threads;
-- **privileges**: when the grader runs as root, the worker drops to uid/gid 65534 (``nobody``,
-  no supplementary groups) after its imports and before student code, so it can read neither
-  the course secret (mode 600) nor write the course directory or the gradebook.  Dropping after
-  the imports is deliberate: the interpreter may live where ``nobody`` cannot read
-  (``/root/.pyenv``), and nothing secret is in the worker's memory;
-- **messages**: the task goes in on stdin (JSON); results come back as JSON lines on a
-  dedicated pipe (fd passed by number), so whatever student code prints cannot corrupt them.
-  Standard output goes to ``/dev/null``; standard error is kept (its last 8 KiB) for
-  diagnosing crashes.
+  processes.
 
-Outcome (:class:`WorkerRun`): ``"ok"`` (it reported ``done``), ``"timeout"`` (wall clock, a case
-or cell budget, or the CPU limit), ``"memory"`` (it ran out of its address space), or
-``"crashed"`` (a signal such as SIGSEGV, ``os._exit``, a non-zero exit, or too much output).
+**What is staged** (:func:`stage`): per (assignment, part) a directory with ``autograder/``
+holding only :mod:`autograder.worker` and the harness modules the part needs
+(:mod:`autograder.harness`), and a copy of ``virtcore`` in which the part's reference
+implementations are *redacted* — their bodies replaced by a ``raise`` — as the assignment's
+``sandbox_plan`` says.  Reading a source file, unmarshalling a ``.pyc`` or walking
+``vars(sys)`` finds nothing: the reference is not in the sandbox.
 
->>> run = run_worker({"ping": True}, timeout=20)
+**Without bubblewrap** :func:`sandbox_problem` says why; the grader refuses to grade unless
+the caller asks for ``sandbox="none"`` (``grade --unsafe-no-sandbox``): then the worker is a
+plain subprocess (the same staged library, scrubbed environment, limits, and the drop to
+``nobody`` when root) — and the summary says so.
+
+Messages: the task goes in on stdin (JSON); results come back as JSON lines on a dedicated
+pipe (fd passed by number); standard output goes to ``/dev/null``; standard error is kept
+(its last 8 KiB).  Nothing that comes back is trusted: the grader validates and recomputes.
+
+Outcome (:class:`WorkerRun`): ``"ok"`` (it reported ``done``), ``"timeout"``, ``"memory"``,
+``"crashed"`` (a signal, ``os._exit``, a non-zero exit, too much output) or ``"fault"`` (the
+sandbox could not start, or the worker died before it was ready to run student code — an
+infrastructure failure, retried by the grader and never cached).
+
+>>> run = run_worker({"ping": True}, timeout=20, sandbox=default_sandbox())
 >>> run.outcome, run.messages[-1]["type"]
 ('ok', 'done')
 """
 
 from __future__ import annotations
 
+import ast
+import atexit
+import compileall
 import contextlib
+import functools
 import json
 import os
 import selectors
@@ -44,6 +62,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,14 +70,21 @@ from typing import Any
 
 from autograder.worker import NOBODY
 
-__all__ = ["NOBODY", "REPO_ROOT", "Limits", "WorkerRun", "run_worker"]
-#: The checkout that holds ``autograder`` and ``virtcore`` (put on the worker's ``sys.path``).
+__all__ = ["NOBODY", "REDACTED_MARK", "REPO_ROOT", "Limits", "WorkerRun", "bwrap_command",
+           "default_sandbox", "redact_source", "run_worker", "sandbox_problem", "stage"]
+#: The checkout that holds ``autograder`` and ``virtcore`` (never bound into the sandbox).
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: In the message of what a redacted reference raises (the grader scores it as ``integrity``).
+REDACTED_MARK = "the reference implementation is not available while grading"
+#: Where the staged library appears inside the sandbox.
+SANDBOX_LIB = "/sandbox"
 
 _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); import autograder.worker as w;"
               " w.main(sys.argv[2:])")
-_MAX_MESSAGES_BYTES = 64 * 1024 * 1024
+_MAX_MESSAGES_BYTES = 16 * 1024 * 1024
 _STDERR_KEEP = 8192
+_BWRAP = ("/usr/bin/bwrap", "/bin/bwrap")
+_SETPRIV = "/usr/bin/setpriv"
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,284 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
+# ------------------------------------------------------------------------------- staging
+
+
+def redact_source(source: str, names: tuple[str, ...] | list[str], module: str = "") -> str:
+    """``source`` with the bodies of ``names`` replaced by a ``raise``.
+
+    ``names``: functions, classes (every method), ``Class.method``, or ``"*"`` (every
+    function and class of the module).  Comments and the replaced bodies are gone (the module
+    is re-generated from its syntax tree); names, signatures and everything else stay, so
+    importing the module still works.
+
+    >>> src = chr(10).join(["def f(x):", "    return 42  # the answer", "def g():",
+    ...                     "    return 1"])
+    >>> out = redact_source(src, ["f"], "m")
+    >>> "42" in out, "return 1" in out
+    (False, True)
+    >>> ns = {}
+    >>> exec(out, ns)
+    >>> ns["f"](1)
+    Traceback (most recent call last):
+    ...
+    m._ReferenceUnavailable: m.f: the reference implementation is not available while grading
+    """
+    tree = ast.parse(source)
+    everything = "*" in names
+    wanted = set(names)
+
+    def strip(fn: ast.FunctionDef | ast.AsyncFunctionDef, qual: str) -> None:
+        fn.body = [_raise_stmt(module, qual)]
+        fn.decorator_list = [d for d in fn.decorator_list if isinstance(d, ast.Name)
+                             and d.id in ("staticmethod", "classmethod", "property")]
+
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if everything or node.name in wanted:
+                strip(node, node.name)
+        elif isinstance(node, ast.ClassDef):
+            whole = everything or node.name in wanted
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                        whole or f"{node.name}.{item.name}" in wanted):
+                    strip(item, f"{node.name}.{item.name}")
+    marker = ast.parse("class _ReferenceUnavailable(Exception):\n"
+                       f"    __module__ = {module or '__main__'!r}\n"
+                       "    virtcore_redacted = True\n").body
+    at = 0
+    while at < len(tree.body):
+        node = tree.body[at]
+        if (isinstance(node, ast.ImportFrom) and node.module == "__future__") or (
+                at == 0 and isinstance(node, ast.Expr)):
+            at += 1
+        else:
+            break
+    tree.body[at:at] = marker
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+
+
+def _raise_stmt(module: str, qual: str) -> ast.stmt:
+    text = f"{module}.{qual}: {REDACTED_MARK}" if module else f"{qual}: {REDACTED_MARK}"
+    return ast.parse(f"raise _ReferenceUnavailable({text!r})").body[0]
+
+
+_STAGE_LOCK = threading.Lock()
+_STAGE_ROOT: list[Path] = []
+_STAGED: dict[tuple[str, str], Path] = {}
+
+
+def _stage_root() -> Path:
+    if not _STAGE_ROOT:
+        root = Path(tempfile.mkdtemp(prefix="virtcore-stage-"))
+        root.chmod(0o755)
+        pid = os.getpid()
+
+        def clean() -> None:
+            if os.getpid() == pid:
+                shutil.rmtree(root, ignore_errors=True)
+
+        atexit.register(clean)
+        _STAGE_ROOT.append(root)
+    return _STAGE_ROOT[0]
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    return {n for n in names if n == "__pycache__" or n.endswith((".pyc", ".pyo"))}
+
+
+def _readable(top: Path) -> None:
+    for d, _, files in os.walk(top):
+        os.chmod(d, 0o755)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o644)
+
+
+def _base() -> Path:
+    base = _stage_root() / "_base"
+    if not base.exists():
+        tmp = _stage_root() / "_base.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(REPO_ROOT / "virtcore", tmp / "virtcore", ignore=_ignore)
+        compileall.compile_dir(str(tmp / "virtcore"), quiet=2, workers=1)
+        tmp.rename(base)
+    return base
+
+
+def stage(assignment: str, grade_id: str) -> Path:
+    """The directory bound at ``/sandbox`` for one part of ``assignment`` (made once per process).
+
+    It holds ``autograder/worker.py``, ``autograder/harness/`` with the modules the part's
+    ``sandbox_plan`` names, and ``virtcore/`` with the plan's names redacted (in the source and
+    the compiled file: a redacted module has no ``.pyc``).  Everything is world-readable and
+    nothing is writable in the sandbox.
+    """
+    from autograder import assignments
+
+    key = (assignment, grade_id)
+    with _STAGE_LOCK:
+        hit = _STAGED.get(key)
+        if hit is not None and hit.exists():
+            return hit
+        module = assignments.module(assignment)
+        redact, harness = module.sandbox_plan(grade_id)
+        out = _stage_root() / f"{assignment}.{grade_id}"
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(_base() / "virtcore", tmp / "virtcore")
+        for mod, names in redact.items():
+            rel = Path(*mod.split("."))
+            src = REPO_ROOT / rel.with_suffix(".py")
+            (tmp / rel.with_suffix(".py")).write_text(
+                redact_source(src.read_text(encoding="utf-8"), tuple(names), mod),
+                encoding="utf-8")
+            for pyc in ((tmp / rel).parent / "__pycache__").glob(f"{rel.name}.*.pyc"):
+                pyc.unlink()
+        pkg = tmp / "autograder"
+        (pkg / "harness").mkdir(parents=True)
+        (pkg / "__init__.py").write_text('"""The grader\'s worker, staged for the sandbox."""\n')
+        shutil.copy2(REPO_ROOT / "autograder" / "worker.py", pkg / "worker.py")
+        shutil.copy2(REPO_ROOT / "autograder" / "harness" / "__init__.py",
+                     pkg / "harness" / "__init__.py")
+        for name in harness:
+            shutil.copy2(REPO_ROOT / "autograder" / "harness" / f"{name}.py",
+                         pkg / "harness" / f"{name}.py")
+        compileall.compile_dir(str(pkg), quiet=2, workers=1)
+        _readable(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        _STAGED[key] = out
+        return out
+
+
+def _ping_lib() -> Path:
+    lib = _stage_root() / "_ping"
+    with _STAGE_LOCK:
+        if not lib.exists():
+            tmp = _stage_root() / "_ping.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "autograder").mkdir(parents=True)
+            (tmp / "autograder" / "__init__.py").write_text("")
+            shutil.copy2(REPO_ROOT / "autograder" / "worker.py", tmp / "autograder")
+            _readable(tmp)
+            tmp.rename(lib)
+    return lib
+
+
+# ------------------------------------------------------------------------------ bubblewrap
+
+
+def _bwrap() -> str | None:
+    for path in _BWRAP:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("bwrap")
+
+
+def _system_binds() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    return args
+
+
+def _python_binds(python: str) -> list[str]:
+    """Read-only binds of the interpreter's prefix (with 0755 parents, e.g. under /root)."""
+    exe = Path(os.path.realpath(python))
+    prefix = Path(os.path.realpath(sys.base_prefix)) if (
+        os.path.realpath(sys.executable) == str(exe)) else exe.parent.parent
+    args: list[str] = []
+    made: set[Path] = set()
+    for where in sorted({prefix, exe.parent}):
+        if where == Path("/usr") or Path("/usr") in where.parents or where == Path("/"):
+            continue
+        if any(p == where or p in where.parents for p in made):
+            continue
+        for parent in reversed(where.parents):
+            if parent != Path("/"):
+                args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--ro-bind", str(where), str(where)]
+        made.add(where)
+    return args
+
+
+def bwrap_command(argv: list[str], lib: Path, *, python: str | None = None,
+                  root: bool | None = None) -> list[str]:
+    """The ``bwrap`` command line that runs ``argv`` in a part's sandbox (see the module doc).
+
+    >>> cmd = bwrap_command(["python3", "-c", "pass"], Path("/tmp/stage"), root=True)
+    >>> "--die-with-parent" in cmd, "--unshare-pid" in cmd, cmd[cmd.index("--chdir") + 1]
+    (True, True, '/tmp')
+    >>> any(a.startswith(str(REPO_ROOT)) for a in cmd)
+    False
+    """
+    bw = _bwrap() or "bwrap"
+    root = os.geteuid() == 0 if root is None else root
+    if root:  # no user namespace: setpriv below makes the worker really uid 65534
+        ns = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+              "--unshare-cgroup-try"]
+    else:
+        ns = ["--unshare-all"]
+    cmd = [bw, *ns, "--die-with-parent", "--new-session", *_system_binds(),
+           *_python_binds(python or sys.executable),
+           "--ro-bind", str(lib), SANDBOX_LIB,
+           "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
+           "--tmpfs", "/run", "--hostname", "sandbox", "--chdir", "/tmp", "--clearenv",
+           "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+           "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8",
+           "--setenv", "LC_ALL", "C.UTF-8", "--setenv", "PYTHONHASHSEED", "0", "--"]
+    if root:
+        cmd += [_SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    return cmd + argv
+
+
+@functools.cache
+def sandbox_problem() -> str | None:
+    """Why no sandbox can be had here (None when bubblewrap works).
+
+    Tries a real one: ``bwrap`` with the namespaces above (and ``setpriv`` as root) running
+    this interpreter.
+    """
+    if not sys.platform.startswith("linux"):
+        return "bubblewrap sandboxes need Linux"
+    if _bwrap() is None:
+        return ("bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap;"
+                " Fedora: dnf install bubblewrap)")
+    if os.geteuid() == 0 and not os.access(_SETPRIV, os.X_OK):
+        return f"{_SETPRIV} is missing (util-linux): needed to drop root in the sandbox"
+    lib = Path(tempfile.mkdtemp(prefix="virtcore-probe-"))
+    try:
+        lib.chmod(0o755)
+        cmd = bwrap_command([os.path.realpath(sys.executable), "-I", "-S", "-c",
+                             "import os; print(os.getuid())"], lib)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"bubblewrap could not start: {e}"
+    finally:
+        shutil.rmtree(lib, ignore_errors=True)
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        return (f"bubblewrap does not work here ({why}); unprivileged user namespaces may be"
+                " disabled (sysctl kernel.unprivileged_userns_clone=1, or"
+                " user.max_user_namespaces > 0)")
+    if os.geteuid() == 0 and proc.stdout.strip() != str(NOBODY):
+        return "the sandbox did not drop root"
+    return None
+
+
+def default_sandbox() -> str:
+    """``"bwrap"`` when :func:`sandbox_problem` finds none, else ``"none"``."""
+    return "bwrap" if sandbox_problem() is None else "none"
+
+
+# ----------------------------------------------------------------------------- running
+
+
 def _make_cwd(drop: bool) -> Path:
     path = Path(tempfile.mkdtemp(prefix="virtcore-grade-"))
     if drop and os.geteuid() == 0:
@@ -120,18 +424,24 @@ def _env(cwd: Path) -> dict[str, str]:
 
 
 def run_worker(task: dict[str, Any], *, timeout: float, limits: Limits | None = None,
-               python: str | None = None) -> WorkerRun:
+               python: str | None = None, sandbox: str = "bwrap",
+               lib: Path | None = None) -> WorkerRun:
     """Run one worker on ``task`` and wait for it (at most ``timeout`` seconds of wall time).
 
     Parameters
     ----------
     task : dict
-        JSON-serialisable task for :func:`autograder.worker.main`.
+        JSON-serialisable task for :func:`autograder.worker.main` (its ``assignment`` and
+        ``part`` choose the staged library unless ``lib`` is given).
     timeout : float
-        Wall-clock limit; the whole process group is killed when it passes.
+        Wall-clock limit; the sandbox is killed when it passes.
     limits : Limits, optional
     python : str, optional
         Interpreter (default: this one).
+    sandbox : {"bwrap", "none"}
+        ``"none"`` runs the worker as a plain subprocess — unsafe (``--unsafe-no-sandbox``).
+    lib : Path, optional
+        The staged library (default: :func:`stage` of the task's assignment and part).
 
     Returns
     -------
@@ -141,28 +451,55 @@ def run_worker(task: dict[str, Any], *, timeout: float, limits: Limits | None = 
     cpu = max(1, min(lim.cpu_seconds, int(timeout) + 5))
     lim_json = json.dumps({**asdict(lim), "cpu_seconds": cpu})
     payload = json.dumps(task).encode()
-    cwd = _make_cwd(lim.drop_privileges)
-    rfd, wfd = os.pipe()
+    if lib is None:
+        try:
+            lib = _ping_lib() if task.get("ping") else stage(str(task["assignment"]),
+                                                             str(task["part"]))
+        except Exception as e:  # an infrastructure failure: retried, never a grade
+            return WorkerRun("fault", [], f"staging the sandbox failed: {e}")
+    py = os.path.realpath(python or sys.executable)  # a venv's python is a link outside
+    cwd: Path | None = None
+    if sandbox == "bwrap":
+        problem = sandbox_problem()
+        if problem is not None:
+            return WorkerRun("fault", [], f"no sandbox: {problem}")
+    elif sandbox != "none":
+        raise ValueError(f"sandbox must be 'bwrap' or 'none', not {sandbox!r}")
     start = time.monotonic()
+    rfd, wfd = os.pipe()
+    if sandbox == "bwrap":
+        argv = bwrap_command([py, "-I", "-S", "-B", "-c", _BOOTSTRAP, SANDBOX_LIB, str(wfd),
+                              lim_json], lib, python=py)
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        popen_cwd = "/"
+    else:
+        cwd = _make_cwd(lim.drop_privileges)
+        argv = [py, "-I", "-S", "-B", "-c", _BOOTSTRAP, str(lib), str(wfd), lim_json]
+        env = _env(cwd)
+        popen_cwd = str(cwd)
     try:
         proc = subprocess.Popen(
-            [python or sys.executable, "-I", "-B", "-c", _BOOTSTRAP, str(REPO_ROOT), str(wfd),
-             lim_json],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            cwd=cwd, env=_env(cwd), pass_fds=(wfd,), start_new_session=True, close_fds=True)
-    except BaseException:
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=popen_cwd, env=env, pass_fds=(wfd,), start_new_session=True, close_fds=True)
+    except BaseException as e:
         os.close(rfd)
         os.close(wfd)
-        shutil.rmtree(cwd, ignore_errors=True)
+        if cwd is not None:
+            shutil.rmtree(cwd, ignore_errors=True)
+        if isinstance(e, OSError):
+            return WorkerRun("fault", [], f"the worker could not start: {e}")
         raise
     os.close(wfd)
     try:
-        return _collect(proc, rfd, payload, timeout, start)
+        run = _collect(proc, rfd, payload, timeout, start, bwrap=sandbox == "bwrap")
+        run.extra["sandbox"] = sandbox
+        return run
     finally:
         with contextlib.suppress(OSError):
             os.close(rfd)
         _kill(proc)
-        shutil.rmtree(cwd, ignore_errors=True)
+        if cwd is not None:
+            shutil.rmtree(cwd, ignore_errors=True)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -179,8 +516,13 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
                 stream.close()
 
 
+#: The messages a worker may send (anything else is garbage).
+MESSAGE_TYPES = frozenset({"ready", "cell-start", "cell", "build", "case-start", "case", "done",
+                           "fatal"})
+
+
 def _collect(proc: subprocess.Popen[bytes], rfd: int, payload: bytes, timeout: float,
-             start: float) -> WorkerRun:
+             start: float, *, bwrap: bool = False) -> WorkerRun:
     assert proc.stdin is not None
     assert proc.stderr is not None
     sel = selectors.DefaultSelector()
@@ -242,10 +584,10 @@ def _collect(proc: subprocess.Popen[bytes], rfd: int, payload: bytes, timeout: f
                 del buf[:nl + 1]
                 try:
                     msg = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
                     garbage += 1
                     continue
-                if isinstance(msg, dict):
+                if isinstance(msg, dict) and msg.get("type") in MESSAGE_TYPES:
                     messages.append(msg)
                 else:
                     garbage += 1
@@ -260,13 +602,22 @@ def _collect(proc: subprocess.Popen[bytes], rfd: int, payload: bytes, timeout: f
             _kill(proc)
     seconds = time.monotonic() - start
     rc = proc.returncode
+    if bwrap and rc is not None and 128 < rc < 128 + 65:
+        rc = -(rc - 128)  # bwrap reports a child killed by signal N as 128 + N
     err = stderr[-_STDERR_KEEP:].decode("utf-8", "replace")
     run = WorkerRun("ok", messages, "", rc, err, seconds, garbage)
     fatal = run.last("fatal")
+    ready = run.last("ready") is not None
+    if not ready and not timed_out and not flooded:
+        why = err.strip().splitlines()[-1] if err.strip() else f"exit status {rc}"
+        run.outcome, run.detail = "fault", f"the sandbox failed before student code ran: {why}"
+        return run
+    if rc == -signal.SIGKILL and not timed_out and not flooded:
+        run.extra["killed"] = True  # from outside? the grader retries before it believes it
     if timed_out:
         run.outcome, run.detail = "timeout", f"still running after {timeout:g} s (wall clock)"
     elif flooded:
-        run.outcome, run.detail = "crashed", "sent more than 64 MiB of results"
+        run.outcome, run.detail = "crashed", "sent more than 16 MiB of results"
     elif fatal is not None and fatal.get("kind") == "memory":
         run.outcome = "memory"
         run.detail = str(fatal.get("message") or "ran out of memory")

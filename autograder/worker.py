@@ -1,16 +1,21 @@
 """The worker: runs one part of one student's code on the grader's cases, returns traces.
 
-Started by :func:`autograder.sandbox.run_worker` (never import-and-call it in the grader: it
-changes the process for good).  In order:
+Started by :func:`autograder.sandbox.run_worker` inside the part's sandbox (never
+import-and-call it in the grader: it changes the process for good).  It imports nothing of the
+grader but this module and the part's harness (:mod:`autograder.harness`), and the virtcore it
+sees is the staged copy whose reference implementations for the part are redacted (calling
+one raises an exception marked ``virtcore_redacted``; the cell or case is reported as
+``integrity``).  In order:
 
 1. set its resource limits (:class:`autograder.sandbox.Limits`), ignore ``SIGXFSZ``
    (writes past the file-size limit fail instead of killing it);
-2. read the task (JSON on stdin) and import the assignment module, virtcore and the standard
-   modules students commonly use (after step 4 the interpreter's own directory may be
-   unreadable);
-3. let the assignment capture what it needs before the references go (``worker_setup``);
-4. drop privileges to ``nobody`` when root; forbid new processes (``RLIMIT_NPROC`` 0);
-5. switch the reference implementations off (:func:`autograder.integrity.disable_references`);
+2. read the task (JSON on stdin) and import the harness, virtcore and the standard modules
+   students commonly use;
+3. let the harness capture what it needs (``worker_setup``);
+4. drop privileges to ``nobody`` when still root (only without a sandbox: in one, ``setpriv``
+   did it before the interpreter started); forbid new processes (``RLIMIT_NPROC`` 0);
+5. send ``ready`` — nothing before it ran student code, so a worker that dies earlier is an
+   infrastructure fault (retried), not the student's;
 6. execute the preamble (errors ignored), then the student's solution cells in source order,
    each under a time budget, reporting each cell (``ok``, ``error``, ``not implemented``,
    ``timeout``, ``integrity``);
@@ -201,13 +206,10 @@ class _Runner:
         os._exit(3)
 
     def run(self) -> None:
-        from autograder import integrity
-
         task = self.task
         part = task["part"]
         setup = self.module.worker_setup(part)
         info = _drop_privileges(bool(task.get("drop_privileges", True)))
-        guard = integrity.disable_references(self.module.REFERENCES)
         sink = _Sink()
         sys.stdout = sink  # type: ignore[assignment]
         sys.stderr = sink  # type: ignore[assignment]
@@ -223,15 +225,9 @@ class _Runner:
         for cell in task.get("cells", []):
             gid = cell["grade_id"]
             self.ch.send({"type": "cell-start", "grade_id": gid})
-            guard.record(True)
             result = self.exec_cell(cell["source"], gid, ns)
-            guard.record(False)
-            hit = integrity.touched(clear=True)
-            if hit:
-                result = {"status": "integrity", "error": f"used {hit[0]}"}
             self.ch.send({"type": "cell", "grade_id": gid, **result})
         try:
-            guard.record(True)
             impl = self.module.build(ns, part, setup)
         except BuildError as e:
             self.ch.send({"type": "build", "ok": False, "error": str(e)[:_MAX_TEXT]})
@@ -240,16 +236,13 @@ class _Runner:
         except MemoryError:
             self.fatal("memory", "ran out of memory while collecting your definitions")
         except BaseException as e:
-            self.ch.send({"type": "build", "ok": False, "error": student_traceback(e)})
+            self.ch.send({"type": "build", "ok": False, "error": student_traceback(e),
+                          "touched": [str(e)[:_MAX_TEXT]] if _redacted(e) else []})
             self.ch.send({"type": "done"})
             return
-        finally:
-            guard.record(False)
-        hit = integrity.touched(clear=True)
-        self.ch.send({"type": "build", "ok": True, "touched": hit})
+        self.ch.send({"type": "build", "ok": True, "touched": []})
         for i, case in enumerate(task.get("cases", [])):
             self.ch.send({"type": "case-start", "index": i})
-            guard.record(True)
             try:
                 out = self.timed(self.case_seconds, self.module.run_case, impl, case)
                 res: dict[str, Any] = {"type": "case", "index": i, "result": out}
@@ -261,11 +254,8 @@ class _Runner:
             except BaseException as e:
                 res = {"type": "case", "index": i, "error": student_traceback(e),
                        "error_type": type(e).__name__}
-            finally:
-                guard.record(False)
-            hit = integrity.touched(clear=True)
-            if hit:
-                res["touched"] = hit
+                if _redacted(e):
+                    res["touched"] = [str(e)[:_MAX_TEXT]]
             self.ch.send(res)
         self.ch.send({"type": "done", "printed": sink.size})
 
@@ -285,11 +275,21 @@ class _Runner:
         except NotImplementedError as e:
             return {"status": "not implemented", "error": student_traceback(e)}
         except BaseException as e:
-            from autograder.integrity import IntegrityError
-
-            status = "integrity" if isinstance(e, IntegrityError) else "error"
+            status = "integrity" if _redacted(e) else "error"
             return {"status": status, "error": student_traceback(e)}
         return {"status": "ok"}
+
+
+def _redacted(e: BaseException) -> bool:
+    """Whether ``e`` (or what it was raised from) comes from a redacted reference."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 20:
+        if getattr(type(cur), "virtcore_redacted", False):
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
 
 
 def _syntax(e: SyntaxError, gid: str) -> str:
@@ -313,9 +313,9 @@ def main(argv: list[str]) -> None:
     for name in _PREIMPORT:
         with contextlib.suppress(ImportError):  # a module missing from this Python
             __import__(name)
-    from autograder import assignments
+    import importlib
 
-    module = assignments.module(task["assignment"])
+    module = importlib.import_module(f"autograder.harness.{task['harness']}")
     signal.signal(signal.SIGALRM, _alarm)
     task["drop_privileges"] = bool(limits.get("drop_privileges", True))
     runner = _Runner(ch, task, module)

@@ -54,6 +54,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from autograder.harness.a1 import HANDLERS, build, run_case, trace_guest, worker_setup
 from autograder.spec import AssignmentSpec, Check, Part
 
 __all__ = [
@@ -75,13 +76,6 @@ __all__ = [
     "worker_setup",
 ]
 
-#: Part → the instructions whose handlers the student writes (``handle_<mnemonic>``).
-HANDLERS: dict[str, tuple[str, ...]] = {
-    "handlers_interrupt_flag": ("cli", "sti", "hlt"),
-    "handlers_io": ("in", "out"),
-    "handlers_control": ("rdcr", "wrcr", "iret", "syscall", "invlpg"),
-    "popf_binary_translation": ("pushf", "popf"),
-}
 _PREFIX = {"handlers_interrupt_flag": "interrupt_flag", "handlers_io": "io",
            "handlers_control": "control", "popf_binary_translation": "popf"}
 _TECHNIQUE = {"popf_binary_translation": "bt"}
@@ -94,7 +88,6 @@ HIDDEN_CASES = 6
 GUEST_LENGTH = 40
 CASE_TIMEOUT = 3.0
 CELL_TIMEOUT = 5.0
-_MAX_TRAPS = 4000
 
 #: The fixed seeds of the public (visible) generated guests — the same for every student.
 PUBLIC_SEEDS: dict[str, tuple[int, ...]] = {
@@ -149,6 +142,18 @@ FORBIDDEN: tuple[str, ...] = (
     "virtcore.vmm.handlers.HandlerTable.reference",
     "virtcore.vmm.HandlerTable.reference",
 )
+
+
+def sandbox_plan(grade_id: str) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """What the sandbox of a part holds: the virtcore names redacted in its copy (the part's own
+    reference handlers; the other parts' stay, the hypervisor runs on them) and the harness
+    modules staged (:mod:`autograder.harness.a1`).
+
+    >>> sandbox_plan("handlers_io")
+    ({'virtcore.vmm.handlers': ('handle_in', 'handle_out')}, ('a1',))
+    """
+    return {"virtcore.vmm.handlers": tuple(f"handle_{m}" for m in HANDLERS[grade_id])}, ("a1",)
+
 
 _HANDLER = """
 ; ---- the guest kernel's trap handler: counts traps, steps over faults, one timer tick
@@ -345,143 +350,6 @@ _fill_popf_guest()
 # ------------------------------------------------------------------------------ running
 
 
-class _AbortError(Exception):
-    """Stops the hypervisor after a handler raised (the error is already recorded)."""
-
-
-def _num(x: object) -> object:
-    """A JSON-safe value for a piece of vCPU state (ints stay ints)."""
-    if type(x) is int or type(x) is bool:
-        return int(x)
-    try:
-        import enum
-
-        if isinstance(x, enum.Enum):
-            return str(x.name).lower()
-    except Exception:  # pragma: no cover
-        pass
-    r = repr(x)
-    return r if len(r) <= 80 else r[:79] + "…"
-
-
-def _action(a: object) -> str:
-    from virtcore.vmm.handlers import Action
-
-    if a is None:
-        return "continue"
-    if isinstance(a, Action):
-        return a.value
-    return f"not an Action: {_num(a)}"
-
-
-def _snapshot(vcpu: Any) -> list[object]:
-    from virtcore.hw.isa import CR
-
-    try:
-        regs = [_num(r) for r in list(vcpu.regs)[:16]]
-    except Exception:
-        regs = ["?"]
-    try:
-        crs = [_num(vcpu.crs.get(c)) for c in CR]
-    except Exception:
-        crs = ["?"]
-    mode = getattr(vcpu, "mode", None)
-    return [_num(getattr(vcpu, "pc", None)), _num(getattr(vcpu, "flags", None)),
-            _num(mode), int(bool(getattr(vcpu, "halted", False))), regs, crs]
-
-
-def trace_guest(handlers: dict[str, Callable[..., Any]], case: dict[str, Any],
-                student: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run the case's guest under the hypervisor with ``handlers``; return its trace (JSON data).
-
-    The same function produces the student's trace (in the worker) and the reference trace
-    (in the grader, with :func:`~virtcore.vmm.HandlerTable.reference`'s handlers).  An
-    exception raised by a handler listed in ``student`` stops the run and is recorded under
-    ``"error"`` with the student's own traceback.
-
-    >>> from virtcore.vmm.handlers import HandlerTable
-    >>> case = _case_from_source("t", "cli\\nhlt", None, "trap")
-    >>> t = trace_guest(dict(HandlerTable.reference()), case)
-    >>> t["stop"], [(r[2], hex(r[3])) for r in t["traps"]]
-    ('halted', [('cli', '0x4'), ('hlt', '0x8')])
-    """
-    from virtcore.hw.asm import Program
-    from virtcore.vmm.handlers import HandlerTable
-    from virtcore.vmm.hypervisor import Hypervisor
-
-    traps: list[list[object]] = []
-    info: dict[str, Any] = {"ntraps": 0}
-
-    def wrap(mnemonic: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        mine = mnemonic in student
-
-        def recorded(vcpu: Any, insn: Any) -> Any:
-            clock = vcpu.vm.clock
-            pc = insn.pc
-            info["ntraps"] += 1
-            try:
-                action = fn(vcpu, insn)
-            except MemoryError:
-                raise
-            except Exception as e:
-                if not mine:
-                    raise
-                from autograder.worker import student_traceback
-
-                info["error"] = {"at": len(traps), "clock": clock, "pc": pc,
-                                 "mnemonic": mnemonic, "message": student_traceback(e),
-                                 "type": type(e).__name__}
-                raise _AbortError() from None
-            if len(traps) < _MAX_TRAPS:
-                done = getattr(vcpu, "done", None)
-                traps.append([clock, pc, mnemonic, *_snapshot(vcpu), _action(action),
-                              done if isinstance(done, str) else _num(done)])
-            return action
-
-        return recorded
-
-    table = HandlerTable({m: wrap(m, fn) for m, fn in handlers.items()})
-    program = Program(list(case["words"]), int(case["origin"]))
-    hv = Hypervisor(handlers=table)
-    # Short runs: the reference interpreter beats translating every block first (same results).
-    hv.cpu.translated = False
-    vm = hv.create("guest", int(case["pages"]), program=program, technique=case["technique"],
-                   on_violation="reflect", handlers=table)
-    try:
-        hv.run(int(case["max_steps"]))
-    except _AbortError:
-        pass
-    except MemoryError:
-        raise
-    except Exception as e:  # the VMM refused what a handler did (e.g. a bad return value)
-        from autograder.worker import student_traceback
-
-        where = traps[-1] if traps else None
-        info["error"] = {"at": len(traps), "clock": where[0] if where else 0,
-                         "pc": where[1] if where else 0,
-                         "mnemonic": where[2] if where else "?",
-                         "message": student_traceback(e), "type": type(e).__name__,
-                         "after": True}
-    v = vm.vcpus[0]
-    try:
-        words = vm.memory_words()
-    except Exception:
-        words = []
-    memory = [[i, w] for i, w in enumerate(words) if w]
-    out: dict[str, Any] = {
-        "stop": (v.done if isinstance(v.done, str) else "budget") if "error" not in info
-        else "error",
-        "pc": _num(v.pc), "flags": _num(v.flags), "mode": _num(v.mode),
-        "regs": [_num(r) for r in list(v.regs)[:16]],
-        "serial": bytes(vm.serial.output).hex(), "clock": vm.clock,
-        "memory": memory, "traps": traps, "ntraps": info["ntraps"],
-        "repeats": [int(v.worst_repeats[0]), int(v.worst_repeats[1])],
-    }
-    if "error" in info:
-        out["error"] = info["error"]
-    return out
-
-
 def _case_from_source(label: str, source: str, seed: int | None, technique: str,
                       pages: int = 4) -> dict[str, Any]:
     from virtcore.hw.asm import assemble
@@ -548,40 +416,6 @@ def cases(part: Part, check: Check, seed_of: Callable[[int], int]) -> list[dict[
         if any(r[2] in mine for r in _reference(case)["traps"]):
             out.append(case)
     return out
-
-
-def worker_setup(grade_id: str) -> dict[str, Callable[..., Any]]:
-    """In the worker, before the references go: the handlers *other* parts are graded on."""
-    from virtcore.vmm.handlers import HandlerTable
-
-    return {m: fn for m, fn in HandlerTable.reference().items() if m not in HANDLERS[grade_id]}
-
-
-def build(namespace: dict[str, Any], grade_id: str,
-          setup: dict[str, Callable[..., Any]]) -> dict[str, Any]:
-    """The student's handlers for the part, from the executed cells (BuildError if missing)."""
-    from autograder.worker import BuildError
-
-    mine: dict[str, Callable[..., Any]] = {}
-    missing = []
-    for m in HANDLERS[grade_id]:
-        fn = namespace.get(f"handle_{m}")
-        if fn is None:
-            missing.append(f"handle_{m}")
-        elif not callable(fn):
-            raise BuildError(f"handle_{m} is not a function (it is {type(fn).__name__})")
-        else:
-            mine[m] = fn
-    if missing:
-        need = ", ".join(f"handle_{m}" for m in HANDLERS[grade_id])
-        raise BuildError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not"
-                         f" defined: the cell {grade_id} must define {need}")
-    return {"handlers": {**setup, **mine}, "student": tuple(mine)}
-
-
-def run_case(impl: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
-    """In the worker: the student's trace of one case."""
-    return trace_guest(impl["handlers"], case, impl["student"])
 
 
 # ---------------------------------------------------------------------------- comparing

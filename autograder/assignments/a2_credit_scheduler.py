@@ -53,6 +53,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from autograder.harness.a2 import CLASS_NAME, build, run_case, simulate_case, worker_setup
 from autograder.spec import AssignmentSpec, Check, Part
 
 __all__ = [
@@ -82,8 +83,6 @@ __all__ = [
     "worker_setup",
 ]
 
-#: The name the solution cells must define.
-CLASS_NAME = "StudentCredit"
 #: Cases per hidden check.
 HIDDEN_CASES = 5
 #: Share tolerance: |share − reference share| ≤ SHARE_ABS + SHARE_REL × reference (pCPUs).
@@ -152,6 +151,17 @@ FORBIDDEN: tuple[str, ...] = (
     "virtcore.sched.credit._acct_domains", "virtcore.sched.credit._Unit",
     "virtcore.sched.credit._Dom",
 )
+
+
+def sandbox_plan(grade_id: str) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """What the sandbox of a part holds: :mod:`virtcore.sched.credit` (the reference scheduler)
+    redacted whole, and :mod:`autograder.harness.a2`.
+
+    >>> sandbox_plan("credit_caps")
+    ({'virtcore.sched.credit': ('*',)}, ('a2',))
+    """
+    return {"virtcore.sched.credit": ("*",)}, ("a2",)
+
 
 _CHECK_KIND = {"accounting_worked_example": "accounting", "accounting_public": "accounting",
                "accounting_hidden": "accounting", "boost_public": "boost",
@@ -275,76 +285,6 @@ def cases(part: Part, check: Check, seed_of: Callable[[int], int]) -> list[dict[
 
 
 # ------------------------------------------------------------------------------- running
-
-
-def _workload(spec: dict[str, Any]) -> Any:
-    from virtcore.sched.workloads import CPUBound, Interactive, IOBound, Mixed
-
-    kind = spec.get("kind")
-    if kind == "cpu":
-        return CPUBound()
-    if kind == "io":
-        return IOBound(run_us=int(spec["run_us"]), block_us=int(spec["block_us"]))
-    if kind == "interactive":
-        return Interactive(burst_us=int(spec["burst_us"]), think_us=int(spec["think_us"]))
-    if kind == "mixed":
-        return Mixed(cpu_us=int(spec["cpu_us"]), run_us=int(spec["run_us"]),
-                     block_us=int(spec["block_us"]), io_cycles=int(spec["io_cycles"]))
-    raise ValueError(f"unknown workload kind {kind!r}")
-
-
-def _domains(case: dict[str, Any]) -> list[Any]:
-    from virtcore.sched.model import Domain
-
-    return [Domain(d["name"], vcpus=int(d["vcpus"]), weight=int(d["weight"]),
-                   cap=int(d["cap"]), workload=_workload(d["workload"]))
-            for d in case["domains"]]
-
-
-def simulate_case(scheduler: Any, case: dict[str, Any]) -> dict[str, Any]:
-    """Simulate the case's domains under ``scheduler``; return the trace as JSON data.
-
-    >>> from virtcore.sched import RoundRobin
-    >>> t = simulate_case(RoundRobin(10_000), generated_case("accounting", 1))
-    >>> sorted(t), t["segments"][0][1:]
-    (['busy', 'latencies', 'runnable', 'segments', 'vcpus'], [0, 0, 10000])
-    """
-    from virtcore.sched.core import simulate
-
-    r = simulate(_domains(case), scheduler, pcpus=int(case["pcpus"]),
-                 duration_us=int(case["duration_us"]), seed=int(case["sim_seed"]),
-                 max_events=int(case["max_events"]))
-    index = {n: i for i, n in enumerate(r.vcpu_names)}
-    return {"vcpus": list(r.vcpu_names),
-            "segments": [[s.pcpu, index[s.vcpu], s.start, s.end] for s in r.segments],
-            "runnable": [[list(iv) for iv in r.runnable_intervals[n]] for n in r.vcpu_names],
-            "latencies": [list(r.latencies_us[n]) for n in r.vcpu_names],
-            "busy": list(r.pcpu_busy_us)}
-
-
-def worker_setup(grade_id: str) -> None:
-    """Nothing to keep before the references go (the reference Credit is never needed)."""
-    return
-
-
-def build(namespace: dict[str, Any], grade_id: str, setup: object) -> type:
-    """The student's scheduler class from the executed cells (BuildError if unusable)."""
-    from autograder.worker import BuildError
-    from virtcore.sched.core import Scheduler
-
-    cls = namespace.get(CLASS_NAME)
-    if cls is None:
-        raise BuildError(f"{CLASS_NAME} is not defined: the solution cells must define a class"
-                         f" {CLASS_NAME}(Scheduler)")
-    if not isinstance(cls, type) or not issubclass(cls, Scheduler):
-        raise BuildError(f"{CLASS_NAME} must be a subclass of virtcore.sched.Scheduler"
-                         f" (it is {cls!r})")
-    return cls
-
-
-def run_case(impl: type, case: dict[str, Any]) -> dict[str, Any]:
-    """In the worker: simulate the case with a new instance of the student's class."""
-    return simulate_case(impl(), case)
 
 
 # ----------------------------------------------------------------------------- comparing

@@ -67,19 +67,31 @@ output of a failed run is empty; the model raises nothing else in mid-run.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
+from autograder.harness.a3 import (
+    COM1,
+    FUNCTIONS,
+    MAX_EXITS,
+    _Machine,
+    _rec_json,
+    _RefusedError,
+    _regs_json,
+    _Result,
+    build,
+    guest_of,
+    run_case,
+    worker_setup,
+)
+from autograder.harness.a3_loop import ref_loop as _ref_loop
+from autograder.harness.a3_setup import ref_setup as _ref_setup
 from autograder.spec import AssignmentSpec, Check, Part
 from virtcore.kvm.api import (
     KVM_API_VERSION,
-    KVM_CREATE_VCPU,
-    KVM_CREATE_VM,
     KVM_EXIT_FAIL_ENTRY,
     KVM_EXIT_HLT,
     KVM_EXIT_INTERNAL_ERROR,
@@ -88,25 +100,10 @@ from virtcore.kvm.api import (
     KVM_EXIT_IO_IN,
     KVM_EXIT_IO_OUT,
     KVM_EXIT_MMIO,
-    KVM_GET_API_VERSION,
-    KVM_GET_REGS,
-    KVM_GET_SREGS,
-    KVM_GET_VCPU_MMAP_SIZE,
-    KVM_RUN,
-    KVM_SET_REGS,
-    KVM_SET_SREGS,
-    KVM_SET_USER_MEMORY_REGION,
     KVM_VCPU_MMAP_SIZE,
     PAGE_SIZE,
     ExitRecord,
-    GuestMemory,
     exit_name,
-    ioctl_name,
-    kvm_regs,
-    kvm_run,
-    kvm_sregs,
-    kvm_userspace_memory_region,
-    read_exit,
 )
 
 __all__ = [
@@ -135,11 +132,6 @@ __all__ = [
     "worker_setup",
 ]
 
-#: Part → the function its cell must define.
-FUNCTIONS: dict[str, str] = {"vmm_setup": "setup_vm", "vmm_run_loop": "run_loop",
-                             "vmm_errors": "run_vm"}
-#: ``max_exits`` of a case unless it says otherwise (the longest generated run has ~30 exits).
-MAX_EXITS = 1000
 #: Teaching-ISA instructions one ``KVM_RUN`` may execute before ``EINTR`` (the model's budget).
 BUDGET = 20_000
 #: The budget of the guests that loop without exits (``EINTR`` comes sooner).
@@ -148,7 +140,6 @@ FAULT_BUDGET = 2_000
 HIDDEN_CASES = 5
 CASE_TIMEOUT = 3.0
 CELL_TIMEOUT = 5.0
-COM1 = 0x3F8
 #: The faults of the generated ``vmm_errors`` guests.
 FAULTS = ("api_version", "einval", "fail_entry", "shutdown", "internal", "eintr", "enomem")
 
@@ -199,6 +190,23 @@ FORBIDDEN: tuple[str, ...] = (
     "virtcore.kvm.qemu.QemuVMM",
     "virtcore.kvm.qemu.KvmApiVcpu",
 )
+
+
+#: The harness modules staged per part: the reference pieces of the *other* parts only.
+_HARNESS = {"vmm_setup": ("a3", "a3_loop"), "vmm_run_loop": ("a3", "a3_setup"),
+            "vmm_errors": ("a3", "a3_setup", "a3_loop")}
+
+
+def sandbox_plan(grade_id: str) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """What the sandbox of a part holds: the reference VMM loops redacted in its copy of
+    virtcore, and the harness with the reference set-up (for ``vmm_run_loop``), the reference
+    loop (for ``vmm_setup``) or both (for ``vmm_errors``, graded on the error handling).
+
+    >>> sandbox_plan("vmm_run_loop")[1]
+    ('a3', 'a3_setup')
+    """
+    return dict(REFERENCES), _HARNESS[grade_id]
+
 
 # ------------------------------------------------------------------------------ the guests
 
@@ -385,21 +393,6 @@ def generated_case(kind: str, seed: int, label: str | None = None) -> dict[str, 
     raise ValueError(f"kind must be 'setup', 'loop' or 'fault', not {kind!r}")
 
 
-def guest_of(case: dict[str, Any]) -> Any:
-    """The case's guest as a :class:`virtcore.kvm.guests.Guest` (teaching ISA).
-
-    >>> g = guest_of(generated_case("setup", 2))
-    >>> g.isa, g.gpa % 4096, len(g.code) % 4
-    ('teaching', 0, 0)
-    """
-    from virtcore.kvm.guests import Guest
-
-    return Guest(case["label"], "teaching", bytes.fromhex(case["code"]), int(case["gpa"]),
-                 regs={str(k): int(v) for k, v in case["regs"].items()},
-                 entry=None if case["entry"] is None else int(case["entry"]),
-                 memory_size=int(case["memory_size"]), inputs=bytes.fromhex(case["inputs"]))
-
-
 _HELLO = "movi r1, 'H'\nout 0x3f8, r1\nmovi r1, 'i'\nout 0x3f8, r1\nhlt"
 
 #: Directed guests per part: (name, case keywords).  Visible: the notebook shows them.
@@ -504,97 +497,6 @@ def cases(part: Part, check: Check, seed_of: Callable[[int], int]) -> list[dict[
 # ------------------------------------------------------------------- the reference parts
 
 
-@dataclass
-class _Machine:
-    """What ``setup_vm`` returns when the notebook's ``Machine`` cannot be used."""
-
-    kvm: Any
-    vm: Any
-    vcpu: Any
-    run: Any
-    memory: Any
-
-
-@dataclass
-class _Result:
-    """What the run functions fill in when the notebook's ``VmResult`` cannot be used."""
-
-    output: bytes = b""
-    exits: list[Any] = field(default_factory=list)
-    stop: str = ""
-    error: int | None = None
-    detail: int | None = None
-
-
-class _RefusedError(Exception):
-    """The reference ``setup_vm``'s refusal when the notebook has no ``VmmError``."""
-
-
-def _ref_setup(kvm: Any, guest: Any, refuse: type[Exception] = _RefusedError,
-               machine: Callable[..., Any] = _Machine) -> Any:
-    """The canonical sequence (facts §1.3) — the reference ``setup_vm``."""
-    version = kvm.ioctl(KVM_GET_API_VERSION, 0)
-    if version != KVM_API_VERSION:
-        raise refuse(f"KVM_GET_API_VERSION returned {version}; this VMM needs"
-                     f" {KVM_API_VERSION}")
-    vm = kvm.ioctl(KVM_CREATE_VM, 0)
-    memory = GuestMemory(guest.memory_size)
-    memory.write(0, guest.code)
-    vm.ioctl(KVM_SET_USER_MEMORY_REGION, kvm_userspace_memory_region(
-        slot=0, flags=0, guest_phys_addr=guest.gpa, memory_size=guest.memory_size,
-        userspace_addr=memory.address))
-    vcpu = vm.ioctl(KVM_CREATE_VCPU, 0)
-    run = vcpu.mmap(kvm.ioctl(KVM_GET_VCPU_MMAP_SIZE, 0))
-    sregs = kvm_sregs()
-    vcpu.ioctl(KVM_GET_SREGS, sregs)
-    sregs.cs.base = 0
-    sregs.cs.selector = 0
-    vcpu.ioctl(KVM_SET_SREGS, sregs)
-    regs = kvm_regs(rip=guest.gpa if guest.entry is None else guest.entry, rflags=0x2,
-                    **guest.regs)
-    vcpu.ioctl(KVM_SET_REGS, regs)
-    return machine(kvm=kvm, vm=vm, vcpu=vcpu, run=run, memory=memory)
-
-
-def _ref_loop(machine: Any, result: Any, inputs: bytes = b"",
-              max_exits: int = MAX_EXITS) -> Any:
-    """The loop of :func:`virtcore.kvm.cli.run_guest` — the reference ``run_loop``.
-
-    ``OSError`` from ``KVM_RUN`` (``EINTR`` included) is passed on to the caller.
-    """
-    run, vcpu = machine.run, machine.vcpu
-    pending = bytearray(inputs)
-    scratch: dict[int, int] = {}  # the MMIO scratch device: address -> byte
-    exits = result.exits
-    while len(exits) < max_exits:
-        vcpu.ioctl(KVM_RUN, 0)
-        rec = read_exit(run)
-        if rec.reason == KVM_EXIT_IO:
-            if rec.direction == KVM_EXIT_IO_OUT:
-                if rec.port == COM1:
-                    result.output = bytes(result.output) + rec.data[::rec.size]
-            else:
-                n = rec.size * rec.count
-                data = bytes(pending[:n]).ljust(n, b"\0")
-                del pending[:n]
-                run.set_io_data(data)
-                rec = replace(rec, data=data)
-        elif rec.reason == KVM_EXIT_MMIO:
-            if rec.is_write:
-                for i, b in enumerate(rec.data):
-                    scratch[rec.phys_addr + i] = b
-            else:
-                data = bytes(scratch.get(rec.phys_addr + i, 0x41 + i) for i in range(rec.size))
-                run.set_mmio_data(data)
-                rec = replace(rec, data=data)
-        exits.append(rec)
-        if rec.reason not in (KVM_EXIT_IO, KVM_EXIT_MMIO):
-            result.stop = rec.name
-            return result
-    result.stop = "max_exits"
-    return result
-
-
 def _ref_run_vm(kvm: Any, guest: Any, inputs: bytes = b"", max_exits: int = MAX_EXITS, *,
                 setup: Callable[..., Any] = _ref_setup, loop: Callable[..., Any] = _ref_loop,
                 result_type: Callable[[], Any] = _Result,
@@ -647,334 +549,6 @@ def reference_namespace() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ the worker
-
-
-class _Tracer:
-    """A model ``/dev/kvm`` whose descriptors record the ioctls made (and can report an old
-    API version), and what they created."""
-
-    def __init__(self, api_version: int, budget: int) -> None:
-        from virtcore.kvm.model import ModelSystemFd
-
-        self.log: list[str] = []
-        self.recording = True
-        self.version = api_version
-        self.vms: list[Any] = []
-        self.vcpus: list[Any] = []
-        self.kvm = ModelSystemFd("teaching", budget=budget, time_limit=None)
-        self._wrap(self.kvm, "system")
-
-    def _wrap(self, fd: Any, kind: str) -> None:
-        orig = fd.ioctl
-        tracer = self
-
-        def ioctl(request: int, arg: Any = 0) -> Any:
-            if tracer.recording:
-                tracer.log.append(f"{kind}:{ioctl_name(request)}")
-            out = orig(request, arg)
-            if kind == "system" and request == KVM_GET_API_VERSION:
-                return tracer.version  # the real checks (EINVAL for arg != 0) ran above
-            if kind == "system" and request == KVM_CREATE_VM:
-                tracer.vms.append(out)
-                tracer._wrap(out, "vm")
-            elif kind == "vm" and request == KVM_CREATE_VCPU:
-                tracer.vcpus.append(out)
-                tracer._wrap(out, "vcpu")
-            return out
-
-        ioctl.__doc__ = orig.__doc__
-        fd.ioctl = ioctl
-        if kind == "vcpu":
-            orig_mmap = fd.mmap
-
-            def mmap(length: int = KVM_VCPU_MMAP_SIZE) -> Any:
-                if tracer.recording:
-                    tracer.log.append(f"vcpu:mmap({length})")
-                return orig_mmap(length)
-
-            mmap.__doc__ = orig_mmap.__doc__
-            fd.mmap = mmap
-
-    def regs(self, vcpu: Any) -> dict[str, int] | None:
-        """The registers of ``vcpu`` (not recorded), or None if it is not a vCPU of this VM."""
-        if not any(vcpu is v for v in self.vcpus):
-            return None
-        regs = kvm_regs()
-        self.recording = False
-        try:
-            vcpu.ioctl(KVM_GET_REGS, regs)
-        finally:
-            self.recording = True
-        return _regs_json(regs)
-
-    def close(self) -> None:
-        for fd in (*self.vcpus, *self.vms):
-            with contextlib.suppress(Exception):  # a descriptor the student broke
-                fd.close()
-
-
-def _regs_json(regs: Any) -> dict[str, int]:
-    return {n: int(getattr(regs, n)) for n in (*_REG_NAMES, "rip", "rflags")}
-
-
-def worker_setup(grade_id: str) -> dict[str, Any]:
-    """In the worker, before the references go: import what the runs need (the worker may
-    not be able to import anything once it dropped its privileges)."""
-    import virtcore.kvm
-    import virtcore.kvm.cli
-    import virtcore.kvm.guests
-    import virtcore.kvm.model
-    import virtcore.kvm.qemu  # its loops are switched off by REFERENCES
-    from virtcore.hw import asm
-
-    return {"assemble": asm.assemble, "open_kvm": virtcore.kvm.open_kvm}
-
-
-def build(namespace: dict[str, Any], grade_id: str, setup: Any) -> dict[str, Any]:
-    """The student's function for the part, from the executed cells (BuildError if missing)."""
-    from autograder.worker import BuildError
-
-    name = FUNCTIONS[grade_id]
-    fn = namespace.get(name)
-    if fn is None:
-        raise BuildError(f"{name} is not defined: the cell {grade_id} must define {name}")
-    if not callable(fn):
-        raise BuildError(f"{name} is not a function (it is {type(fn).__name__})")
-    types: dict[str, Any] = {}
-    for key, default in (("Machine", _Machine), ("VmResult", _Result), ("VmmError", _RefusedError)):
-        obj = namespace.get(key)
-        types[key] = obj if isinstance(obj, type) else default
-    if not issubclass(types["VmmError"], BaseException):
-        types["VmmError"] = _RefusedError
-    return {"part": grade_id, "fn": fn, "ns": namespace, **types}
-
-
-def _crash(where: str, e: BaseException) -> dict[str, Any]:
-    from autograder.worker import student_traceback
-
-    return {"where": where, "type": type(e).__name__, "message": student_traceback(e),
-            "oserror": isinstance(e, OSError),
-            "errno": e.errno if isinstance(e, OSError) else None}
-
-
-def _rec_json(rec: Any) -> tuple[list[Any] | None, str | None]:
-    """One exit record as [reason, port/addr, size, direction/is_write, count, data hex]."""
-    reason = getattr(rec, "reason", None)
-    if isinstance(reason, bool) or not isinstance(reason, int):
-        return None, (f"is not an ExitRecord (it is {type(rec).__name__}: {_short(rec)})"
-                      if reason is None else f"has reason {_short(reason)}, not a KVM_EXIT_*"
-                      " number")
-    reason = int(reason)
-
-    def num(name: str) -> int | None:
-        v = getattr(rec, name, None)
-        return int(v) if isinstance(v, int) else None
-
-    data = getattr(rec, "data", b"")
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        data_hex = bytes(data).hex()
-    else:
-        return None, f"has data {_short(data)}, not bytes"
-    if reason == KVM_EXIT_IO:
-        return [reason, num("port"), num("size"), num("direction"), num("count"), data_hex], None
-    if reason == KVM_EXIT_MMIO:
-        w = getattr(rec, "is_write", None)
-        return [reason, num("phys_addr"), num("size"), None if w is None else int(bool(w)),
-                None, data_hex], None
-    return [reason, None, None, None, None, ""], None
-
-
-def _short(x: object) -> str:
-    r = repr(x)
-    return r if len(r) <= 60 else r[:59] + "…"
-
-
-def _result_json(res: Any, what: str) -> dict[str, Any]:
-    """A VmResult-like object as JSON data, with what could not be read under "problems"."""
-    out: dict[str, Any] = {"problems": []}
-    problems = out["problems"]
-    missing = [k for k in ("output", "exits", "stop") if not hasattr(res, k)]
-    if missing:
-        problems.append(f"{what} returned {_short(res)}, not a VmResult (no"
-                        f" {', '.join(missing)})")
-        return out
-    output = res.output
-    if isinstance(output, (bytes, bytearray, memoryview)):
-        out["output"] = bytes(output).hex()
-    else:
-        problems.append(f"result.output is {type(output).__name__}, not bytes")
-    exits = res.exits
-    if not isinstance(exits, (list, tuple)):
-        problems.append(f"result.exits is {type(exits).__name__}, not a list of ExitRecord")
-    else:
-        recs = []
-        for i, rec in enumerate(exits[:2 * MAX_EXITS + 10]):
-            j, why = _rec_json(rec)
-            if j is None:
-                problems.append(f"result.exits[{i}] {why}")
-                break
-            recs.append(j)
-        out["exits"] = recs
-    stop = res.stop
-    out["stop"] = stop if isinstance(stop, str) else _short(stop)
-    for key in ("error", "detail"):
-        v = getattr(res, key, None)
-        out[key] = int(v) if isinstance(v, int) and not isinstance(v, bool) else (
-            None if v is None else _short(v))
-    return out
-
-
-def _setup_state(tracer: _Tracer, machine: Any, guest: Any) -> dict[str, Any]:
-    """What the student's setup left (for hints when the run diverges)."""
-    import ctypes
-
-    state: dict[str, Any] = {"log": list(tracer.log), "vms": len(tracer.vms),
-                             "vcpus": len(tracer.vcpus)}
-    vm = getattr(machine, "vm", None)
-    vm = vm if any(vm is v for v in tracer.vms) else (tracer.vms[-1] if tracer.vms else None)
-    if vm is not None:
-        slots = []
-        for sid, s in sorted(vm.slots.items()):
-            code = b""
-            with contextlib.suppress(Exception):
-                code = ctypes.string_at(s.hva, min(len(guest.code), s.size))
-            slots.append([sid, s.gpa, s.size, s.flags, code == guest.code[:len(code)]])
-        state["slots"] = slots
-    vcpu = getattr(machine, "vcpu", None)
-    state["regs"] = tracer.regs(vcpu)
-    if state["regs"] is not None:
-        sregs = kvm_sregs()
-        tracer.recording = False
-        try:
-            vcpu.ioctl(KVM_GET_SREGS, sregs)
-        finally:
-            tracer.recording = True
-        state["cs"] = [int(sregs.cs.base), int(sregs.cs.selector)]
-    run = getattr(machine, "run", None)
-    state["mmap"] = run.mapping_size if isinstance(run, kvm_run) else None
-    return state
-
-
-def _run_setup(impl: dict[str, Any], case: dict[str, Any], guest: Any, inputs: bytes,
-               tracer: _Tracer) -> dict[str, Any]:
-    refuse = case["api_version"] != KVM_API_VERSION
-    try:
-        machine = impl["fn"](tracer.kvm, guest)
-    except MemoryError:
-        raise
-    except Exception as e:
-        if refuse and isinstance(e, impl["VmmError"]):
-            return {"refusal": {"raised": True, "log": list(tracer.log)}}
-        return {"error": _crash("setup_vm", e), "log": list(tracer.log)}
-    if refuse:
-        return {"refusal": {"raised": False, "returned": _short(machine),
-                            "log": list(tracer.log)}}
-    state = _setup_state(tracer, machine, guest)
-    out: dict[str, Any] = {"state": state}
-    run, vcpu = getattr(machine, "run", None), getattr(machine, "vcpu", None)
-    if not isinstance(run, kvm_run):
-        out["run_error"] = (f"setup_vm returned {_short(machine)}: its run is not the vCPU's"
-                            " kvm_run (vcpu.mmap(size))")
-        return out
-    if state["regs"] is None:
-        out["run_error"] = (f"setup_vm returned {_short(machine)}: its vcpu is not a vCPU"
-                            " created through the kvm descriptor setup_vm was given"
-                            " (vm.ioctl(KVM_CREATE_VCPU, 0) on a VM of that kvm; do not open"
-                            " another)")
-        return out
-    result = _Result()
-    tracer.recording = False
-    try:
-        _ref_loop(machine, result, inputs, int(case["max_exits"]))
-    except OSError as e:
-        if e.errno == errno.EINTR:
-            result.exits.append(ExitRecord(KVM_EXIT_INTR))
-            result.stop = exit_name(KVM_EXIT_INTR)
-        else:
-            out["run_error"] = f"KVM_RUN failed: {e}"
-    except Exception as e:  # e.g. reading the exit's data outside a too-small mapping
-        out["run_error"] = f"{type(e).__name__}: {e}"
-    finally:
-        tracer.recording = True
-    out.update(_result_json(result, "the reference loop"))
-    out["regs"] = tracer.regs(vcpu)
-    return out
-
-
-def _run_loop(impl: dict[str, Any], case: dict[str, Any], guest: Any, inputs: bytes,
-              tracer: _Tracer) -> dict[str, Any]:
-    machine = _ref_setup(tracer.kvm, guest, impl["VmmError"], _machine_type(impl))
-    result = impl["VmResult"]()
-    try:
-        ret = impl["fn"](machine, result, inputs=inputs, max_exits=int(case["max_exits"]))
-    except MemoryError:
-        raise
-    except Exception as e:
-        return {"error": _crash("run_loop", e)}
-    out = _result_json(result if ret is None else ret, "run_loop")
-    out["regs"] = tracer.regs(machine.vcpu)
-    return out
-
-
-def _machine_type(impl: dict[str, Any]) -> Callable[..., Any]:
-    cls = impl["Machine"]
-
-    def make(**kw: Any) -> Any:
-        try:
-            return cls(**kw)
-        except Exception:  # a Machine the notebook changed: the plain one
-            return _Machine(**kw)
-
-    return make
-
-
-def _run_errors(impl: dict[str, Any], case: dict[str, Any], guest: Any, inputs: bytes,
-                tracer: _Tracer) -> dict[str, Any]:
-    ns = impl["ns"]
-    refuse, make = impl["VmmError"], _machine_type(impl)
-
-    def setup_vm(kvm: Any, guest: Any) -> Any:
-        return _ref_setup(kvm, guest, refuse, make)
-
-    missing = object()
-    saved = {k: ns.get(k, missing) for k in ("setup_vm", "run_loop")}
-    ns["setup_vm"], ns["run_loop"] = setup_vm, _ref_loop
-    try:
-        ret = impl["fn"](tracer.kvm, guest, inputs=inputs, max_exits=int(case["max_exits"]))
-    except MemoryError:
-        raise
-    except Exception as e:
-        return {"error": _crash("run_vm", e)}
-    finally:
-        for k, v in saved.items():
-            if v is missing:
-                ns.pop(k, None)
-            else:
-                ns[k] = v
-    return _result_json(ret, "run_vm")
-
-
-def run_case(impl: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
-    """In the worker: run the student's function of the part on one case; JSON data.
-
-    >>> ns = reference_namespace()
-    >>> impl = build(ns, "vmm_run_loop", None)
-    >>> got = run_case(impl, generated_case("loop", 5))
-    >>> compare(SPEC.part("vmm_run_loop"), SPEC.part("vmm_run_loop").checks[1],
-    ...         generated_case("loop", 5), got) is None
-    True
-    """
-    guest = guest_of(case)
-    inputs = bytes.fromhex(case["inputs"])
-    tracer = _Tracer(int(case["api_version"]), int(case["budget"]))
-    try:
-        if impl["part"] == "vmm_setup":
-            return _run_setup(impl, case, guest, inputs, tracer)
-        if impl["part"] == "vmm_run_loop":
-            return _run_loop(impl, case, guest, inputs, tracer)
-        return _run_errors(impl, case, guest, inputs, tracer)
-    finally:
-        tracer.close()
 
 
 # ------------------------------------------------------------------------------ comparing
@@ -1268,6 +842,7 @@ def compare(part: Part, check: Check, case: dict[str, Any], got: Any) -> str | N
     >>> part = SPEC.part("vmm_run_loop")
     >>> case = cases(part, part.checks[0], lambda k: k)[1]          # the 'echo' guest
     >>> compare(part, part.checks[0], case, run_case(build(ns, part.grade_id, None), case))
+    >>> from dataclasses import replace
     >>> def forgetful(machine, result, inputs=b"", max_exits=1000):
     ...     class Run:          # hides set_io_data: the IN's data never reaches the guest
     ...         def __getattr__(self, name):

@@ -45,8 +45,9 @@ def test_close_but_wrong_and_crashes_cost_only_their_parts(course, ag):
     flag = result.part("handlers_interrupt_flag")
     assert flag.status == "ok" and flag.score < 10
     hidden = next(c for c in flag.checks if c.hidden)
-    assert not hidden.passed and hidden.seed is not None
-    assert f"seed={hidden.seed}" in hidden.message
+    # hidden: the student reads the divergence, never the seed; the instructor gets both
+    assert not hidden.passed and hidden.seed is None and "seed=" not in hidden.message
+    assert "seed=" in hidden.instructor and "hidden guest #" in hidden.instructor
     assert "the cli handler did not advance pc (vcpu.pc += 4)" in hidden.message
     assert got["handlers_io"] == (0.0, "crashed")
     assert "exited with code 0" in result.part("handlers_io").reason
@@ -213,7 +214,10 @@ def test_feedback_names_seeds_and_divergences_but_no_test_code(course, ag):
     flag = result.part("handlers_interrupt_flag")
     for c in flag.checks:
         if c.seed is not None:
-            assert f"seed={c.seed}" in text
+            assert not c.hidden and f"seed={c.seed}" in text
+        if c.hidden:
+            assert "seed=" not in c.message and "seed=" in c.instructor
+            assert c.instructor.split("seed=")[1].split(")")[0] not in text
     assert "did not advance pc" in text
     assert ag.SECRET not in text
     source = Path(a1.__file__).read_text(encoding="utf-8")
