@@ -437,12 +437,7 @@ class Xen:
             close_port(self, d, port)
         release_mappings(self, d)
         self.platform.reclaim(d)
-        mem = d.memory
-        mem.decrease_reservation(sorted(mem.p2m))
-        for mfn in self.memory.frames_of(d.domid):
-            if self.memory.allocated[mfn]:
-                self.memory.free(mfn)
-        self.memory.domains.pop(d.domid, None)
+        self.memory.destroy_domain_memory(d.domid)
         self.xenstore.remove_domain(d.domid)
         del self.domains[d.domid]
         self._upcalls = deque(x for x in self._upcalls if x[0] != d.domid)
