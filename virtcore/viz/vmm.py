@@ -66,6 +66,8 @@ from virtcore.vmm import (
     run_bare,
     run_guest,
 )
+from virtcore.vmm.bt import CALLOUT as _BT_CALLOUT
+from virtcore.vmm.bt import INLINE as _BT_INLINE
 from virtcore.vmm.hypervisor import UnknownVMError
 
 __all__ = [
@@ -874,8 +876,10 @@ def _event_name(vm: Any, insn: Insn) -> str:
     if vm.technique is Technique.HARDWARE_ASSIST:
         reason = _EXIT_OF.get(insn.mnemonic)
         return f"VM exit {reason.name} ({reason.value})" if reason else "VM exit"
-    if insn.pc in vm.patches:
-        return f"trap #UD ({TrapCause.INVALID_OPCODE.value}), patched by BT"
+    if vm.technique is Technique.BINARY_TRANSLATION and insn.mnemonic in _BT_CALLOUT:
+        return "BT callout (translated code calls the monitor; no trap)"
+    if vm.technique is Technique.BINARY_TRANSLATION and insn.mnemonic in _BT_INLINE:
+        return "BT translated code (acts on the virtual CPU; no trap)"
     if insn.mnemonic == "syscall":
         return f"trap SYSCALL ({TrapCause.SYSCALL.value:#x})"
     if insn.mnemonic == "hcall":
@@ -931,8 +935,8 @@ def trap_trace(technique: Technique | str = "trap", *, guest: str | Program | No
     Examples
     --------
     >>> t = trap_trace("bt")
-    >>> [s.instruction for s in t.steps if "BT" in s.event], t.matches_bare
-    (['pushf', 'popf'], True)
+    >>> [s.instruction.split()[0] for s in t.steps if "BT translated" in s.event], t.matches_bare
+    (['wrcr', 'sti', 'pushf', 'cli', 'popf', 'cli'], True)
     >>> hw = trap_trace("hw")
     >>> sorted({s.event for s in hw.steps})
     ['VM exit HLT (12)', 'VM exit IO_INSTRUCTION (30)']

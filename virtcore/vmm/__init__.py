@@ -12,8 +12,10 @@ What is here, and where:
 - **Popek & Goldberg** — :func:`classify` the ISA; check equivalence,
   resource control and efficiency on generated guests
   (:mod:`virtcore.vmm.popek`).
-- **the three fixes** — binary translation, paravirtualization, hardware
-  assist, compared on one guest (:mod:`virtcore.vmm.fixes`).
+- **the three fixes** — binary translation (a translation cache of guest
+  kernel blocks, :mod:`virtcore.vmm.bt`), paravirtualization, hardware
+  assist, compared on the same guests and priced with the course's one cost
+  model, :mod:`virtcore.costs` (:mod:`virtcore.vmm.fixes`).
 - **management** (S2.4) — the lifecycle state machine
   (:mod:`virtcore.vmm.lifecycle`), :class:`Manager` over several hosts, and
   pre-copy live migration (:mod:`virtcore.vmm.migration`).
@@ -33,7 +35,7 @@ This package imports only :mod:`virtcore.hw`, :mod:`virtcore.errors` and
 ('shutoff', 'hi', 3)
 """
 
-from virtcore.vmm.bt import Translation, binary_translate
+from virtcore.vmm.bt import Block, TranslationCache, translate_block
 from virtcore.vmm.fixes import (
     POPF_GUEST,
     POPF_GUEST_PV,
@@ -41,6 +43,7 @@ from virtcore.vmm.fixes import (
     FixComparison,
     FixResult,
     compare_fixes,
+    run_cost,
     run_fix,
 )
 from virtcore.vmm.handlers import Action, HandlerTable, Hypercall, Insn
@@ -96,6 +99,7 @@ __all__ = [
     "VCPU",
     "VM",
     "Action",
+    "Block",
     "Classification",
     "CostModel",
     "EfficiencyResult",
@@ -121,14 +125,13 @@ __all__ = [
     "SensitiveUnprivileged",
     "Slice",
     "Technique",
-    "Translation",
+    "TranslationCache",
     "UnknownVMError",
     "VMInfo",
     "VMMError",
     "VMState",
     "VMStats",
     "allowed_ops",
-    "binary_translate",
     "check_equivalence",
     "check_resource_control",
     "classify",
@@ -140,6 +143,8 @@ __all__ = [
     "next_state",
     "precopy",
     "run_bare",
+    "run_cost",
     "run_fix",
     "run_guest",
+    "translate_block",
 ]

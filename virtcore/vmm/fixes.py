@@ -1,4 +1,4 @@
-"""The three fixes for a machine that fails Popek–Goldberg, side by side on one guest (facts §4.3).
+"""The three fixes for a machine that fails Popek–Goldberg, side by side on the same guests.
 
 The guest (:data:`POPF_GUEST`) saves its FLAGS with ``pushf``, turns
 interrupts off for a critical section, and restores them with ``popf`` —
@@ -6,23 +6,32 @@ the idiom of x86 kernels (``local_irq_save``/``local_irq_restore``) — then
 waits with ``hlt`` for a timer interrupt.  On bare hardware it prints
 ``ATC``.  Under plain **trap-and-emulate** the deprivileged ``popf`` fails
 silently: the virtual IF stays 0, the timer interrupt never comes, and the
-guest prints only ``A``.
+guest prints only ``A`` [RI00].
 
-The fixes:
+The fixes [VMW07]:
 
-- **binary translation** — the VMM scans the kernel image and rewrites
-  ``popf``/``pushf`` into trapping words plus a patch table
-  (:mod:`virtcore.vmm.bt`), then emulates them;
-- **paravirtualization** — a *modified* guest (:data:`POPF_GUEST_PV`) asks
-  the VMM with hypercalls instead (:class:`~virtcore.vmm.Hypercall`, an ABI
-  of our own), and runs deprivileged;
-- **hardware assist** — the unmodified guest runs in guest mode (VT-x-like
-  non-root mode, its own ring 0, memory through EPT); ``popf`` works
-  natively, and the VMM sees only VM exits (``hlt``, I/O).
+- **binary translation** (VMware Workstation, 1999 [BUG12]) — the guest
+  kernel runs from a translation cache: each block is translated on its
+  first execution, its sensitive instructions into code that acts on the
+  virtual CPU without trapping, I/O into callouts (:mod:`virtcore.vmm.bt`);
+  user code runs directly;
+- **paravirtualization** (Xen [XEN-SOSP03]) — a *modified* guest
+  (:data:`POPF_GUEST_PV`) asks the VMM with hypercalls instead
+  (:class:`~virtcore.vmm.Hypercall`, an ABI of our own), and runs
+  deprivileged;
+- **hardware assist** (Intel VT-x 2005, AMD-V 2006 [SDM, APM]) — the
+  unmodified guest runs in guest mode (VT-x-like non-root mode, its own ring
+  0, memory through EPT); ``popf`` works natively, and the VMM sees only VM
+  exits (``hlt``, I/O).
 
-Costs come from a :class:`CostModel` whose numbers are **teaching
-assumptions** — orders of magnitude chosen to make the trade-offs visible,
-not measurements.
+Costs: every run is priced from its counts with the course's one cost model
+(:data:`virtcore.costs.DEFAULT_COSTS`, teaching assumptions): a trap into the
+monitor and back costs ``2·trap + emulate``, a VM exit and entry
+``2·vm_exit + emulate``, a translated instruction ``translate`` once, a
+translated sensitive instruction ``translated_op``, a callout ``callout +
+emulate``.  On the exit-heavy :data:`IO_LOOP_GUEST` binary translation beats
+hardware assist, as Adams & Agesen found for first-generation VT-x [AA06];
+on a guest whose kernel code runs once, translation costs more than it saves.
 
 >>> table = compare_fixes()
 >>> [(r.technique, r.output, r.correct) for r in table.rows]  # doctest: +NORMALIZE_WHITESPACE
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from virtcore.costs import DEFAULT_COSTS, Costs
 from virtcore.hw.asm import Program, assemble
 from virtcore.hw.isa import FLAG_IF
 from virtcore.vmm.handlers import Hypercall
@@ -42,6 +52,8 @@ from virtcore.vmm.popek import FinalState, _run_bare, run_bare, run_guest
 from virtcore.vmm.vm import Technique, VMStats
 
 __all__ = [
+    "IO_LOOP_GUEST",
+    "IO_LOOP_GUEST_PV",
     "POPF_GUEST",
     "POPF_GUEST_PV",
     "RESULT_ADDRESS",
@@ -49,6 +61,7 @@ __all__ = [
     "FixComparison",
     "FixResult",
     "compare_fixes",
+    "run_cost",
     "run_fix",
 ]
 
@@ -144,35 +157,97 @@ handler:
 """
 
 
+#: An exit-heavy kernel: 40 times, save the flags, turn interrupts off, write a
+#: character to the serial port, restore the flags — then stop.
+IO_LOOP_GUEST = """
+; an exit-heavy guest kernel: a loop of pushf / cli / out / popf
+        .equ COM1, 0x3f8
+        movi r2, 40
+        movi r1, '.'
+loop:   pushf
+        cli
+        out  COM1, r1
+        popf
+        addi r2, -1
+        cmpi r2, 0
+        jnz  loop
+        hlt
+"""
+
+#: :data:`IO_LOOP_GUEST`, paravirtualized: each sensitive instruction a hypercall.
+IO_LOOP_GUEST_PV = f"""
+; the exit-heavy guest, paravirtualized
+        movi r2, 40
+loop:   movi r0, {_H['SAVE_FLAGS']}            ; was: pushf
+        hcall
+        push r0
+        movi r0, {_H['IRQ_DISABLE']}           ; was: cli
+        hcall
+        movi r1, '.'
+        movi r0, {_H['CONSOLE_WRITE']}         ; was: out COM1, r1
+        hcall
+        pop  r1
+        movi r0, {_H['RESTORE_FLAGS']}         ; was: popf
+        hcall
+        addi r2, -1
+        cmpi r2, 0
+        jnz  loop
+        movi r0, {_H['HALT']}                  ; was: hlt
+        hcall
+"""
+
+
+def run_cost(stats: VMStats, costs: Costs = DEFAULT_COSTS) -> float:
+    """The price of a run from its counts, on the course's one cost scale.
+
+    Parameters
+    ----------
+    stats : VMStats
+    costs : virtcore.costs.Costs
+
+    >>> run_cost(VMStats(direct=100, traps=2)) == 100 + 2 * (2 * 200 + 300)
+    True
+    >>> run_cost(VMStats(exits=1)) == 2 * DEFAULT_COSTS.vm_exit + DEFAULT_COSTS.emulate
+    True
+    """
+    c = costs
+    return float(stats.direct * c.instruction
+                 + stats.traps * (2 * c.trap + c.emulate)
+                 + stats.exits * (2 * c.vm_exit + c.emulate)
+                 + stats.translated * c.translate
+                 + stats.translated_ops * c.translated_op
+                 + stats.callouts * (c.callout + c.emulate))
+
+
 @dataclass(frozen=True)
 class CostModel:
-    """What each kind of event costs, in "instruction units".
+    """Chapter 2's name for the course's cost model: prices runs with :func:`run_cost`.
 
-    **Teaching assumptions, not measurements.**  A trap or an exit costs a
-    world switch and some emulation, so far more than an instruction; first-
-    generation VT-x exits were not cheaper than a software VMM's traps
-    (Adams & Agesen, ASPLOS 2006: the hardware VMM "often suffers lower
-    performance than the pure software VMM", facts §4.3); a hypercall skips
-    fetching and decoding the instruction; translation costs once per
-    scanned / rewritten instruction.
+    It holds a :class:`virtcore.costs.Costs` (by default
+    :data:`~virtcore.costs.DEFAULT_COSTS`); there is no other scale.
 
     >>> CostModel().cost(VMStats(direct=100, traps=2))
-    300.0
+    1500.0
+    >>> import dataclasses
+    >>> CostModel(dataclasses.replace(DEFAULT_COSTS, vm_exit=50)).exit
+    400
     """
 
-    direct: float = 1.0  # one instruction run natively
-    trap: float = 100.0  # a trap into the VMM and back, decoding and emulating one instruction
-    hypercall: float = 60.0  # a hypercall (a trap, but no instruction to fetch and decode)
-    exit: float = 150.0  # a VM exit and the next VM entry
-    scan: float = 2.0  # binary translation: looking at one instruction
-    rewrite: float = 20.0  # binary translation: patching one instruction
+    costs: Costs = DEFAULT_COSTS
+
+    @property
+    def trap(self) -> float:
+        """A trap into the monitor and back, with the emulation."""
+        return 2 * self.costs.trap + self.costs.emulate
+
+    @property
+    def exit(self) -> float:
+        """A VM exit and the next VM entry, with the emulation."""
+        return 2 * self.costs.vm_exit + self.costs.emulate
 
     def cost(self, stats: VMStats) -> float:
-        """The cost of a run from its counts."""
-        hcall_traps = stats.hypercalls if stats.traps else 0
-        return (stats.direct * self.direct + (stats.traps - hcall_traps) * self.trap
-                + hcall_traps * self.hypercall + stats.exits * self.exit
-                + stats.scanned * self.scan + stats.rewrites * self.rewrite)
+        """The cost of a run from its counts (:func:`run_cost`)."""
+        return run_cost(stats, self.costs)
 
 
 @dataclass(frozen=True)
@@ -180,7 +255,7 @@ class FixResult:
     """One technique run on the popf guest.
 
     >>> run_fix("hw")
-    FixResult(hardware assist: output 'ATC', correct, cost 1269)
+    FixResult(hardware assist: output 'ATC', correct, cost 7919)
     """
 
     technique: str
@@ -235,8 +310,8 @@ def run_fix(technique: Technique | str, *, guest: str | Program | None = None,
     Examples
     --------
     >>> r = run_fix("bt")
-    >>> r.correct, r.stats.rewrites
-    (True, 2)
+    >>> r.correct, r.stats.traps, r.stats.by_instruction["popf"]
+    (True, 0, 1)
     """
     tech = Technique.parse(technique)
     model = cost_model or CostModel()
@@ -269,22 +344,28 @@ class FixComparison:
             s = r.stats or VMStats()
             out.append({"technique": r.technique, "output": r.output, "correct": r.correct,
                         "direct": s.direct, "traps": s.traps, "exits": s.exits,
-                        "hypercalls": s.hypercalls, "rewrites": s.rewrites,
+                        "hypercalls": s.hypercalls, "translated": s.translated,
+                        "translated_ops": s.translated_ops, "callouts": s.callouts,
                         "emulated": s.emulated, "efficiency": r.efficiency, "cost": r.cost})
         return out
 
     def __str__(self) -> str:
         head = (f"{'technique':<20s} {'output':<7s} {'correct':<8s} {'direct':>7s} {'traps':>6s}"
-                f" {'exits':>6s} {'hcalls':>6s} {'rewr':>5s} {'direct%':>8s} {'cost':>9s}")
+                f" {'exits':>6s} {'hcalls':>6s} {'transl':>6s} {'tc-ops':>6s} {'callout':>7s}"
+                f" {'direct%':>8s} {'cost':>9s}")
         lines = [head]
         for rec in self.records():
+            out = str(rec["output"])
+            out = out if len(out) <= 7 else out[:6] + "…"
             lines.append(
-                f"{rec['technique']:<20s} {rec['output']!s:<7s}"
+                f"{rec['technique']:<20s} {out:<7s}"
                 f" {'yes' if rec['correct'] else 'NO':<8s}"
                 f" {rec['direct']:>7d} {rec['traps']:>6d} {rec['exits']:>6d}"
-                f" {rec['hypercalls']:>6d} {rec['rewrites']:>5d}"
+                f" {rec['hypercalls']:>6d} {rec['translated']:>6d} {rec['translated_ops']:>6d}"
+                f" {rec['callouts']:>7d}"
                 f" {100 * float(rec['efficiency']):>7.1f}% {float(rec['cost']):>9.0f}")  # type: ignore[arg-type]
-        lines.append("costs: teaching assumptions (CostModel), not measurements")
+        lines.append("costs: virtcore.costs.DEFAULT_COSTS (teaching assumptions, ≈ns), not"
+                     " measurements")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -307,16 +388,20 @@ def compare_fixes(cost_model: CostModel | None = None, *, guest: str | Program |
     >>> [r.technique for r in t.rows if not r.correct]
     ['trap-and-emulate']
     >>> print(t)  # doctest: +ELLIPSIS
-    technique            output  correct  direct  traps  exits hcalls  rewr  direct%      cost
+    technique            output  correct   direct  traps  exits hcalls transl tc-ops callout ...
     bare hardware        ATC     yes ...
     """
     model = cost_model or CostModel()
+    if guest is None and pv_guest is None:
+        pv_guest = POPF_GUEST_PV
     g = guest if guest is not None else POPF_GUEST
     program = assemble(g) if isinstance(g, str) else g
     bare, machine = _run_bare(program, 4, max_steps)
     bare_stats = VMStats(direct=machine.cpu.retired)
     rows = [_result_from("bare hardware", bare, bare_stats, model.cost(bare_stats), None)]
     for tech in Technique:
+        if tech is Technique.PARAVIRTUALIZATION and pv_guest is None:
+            continue  # no paravirtualized version of this guest was given
         rows.append(run_fix(tech, guest=program, pv_guest=pv_guest, cost_model=model,
                             max_steps=max_steps))
     return FixComparison(tuple(rows), model)

@@ -47,7 +47,6 @@ from virtcore.hw.isa import CR, CR0_PG, FLAG_IF, ISA
 from virtcore.hw.machine import Machine
 from virtcore.hw.memory import FrameAllocator, OutOfFramesError
 from virtcore.hw.paging import MMU
-from virtcore.vmm.bt import binary_translate
 from virtcore.vmm.handlers import Action, HandlerTable, Insn
 from virtcore.vmm.lifecycle import EventLog, VMState, next_state
 from virtcore.vmm.vm import STACK_GAP, VCPU, VM, GuestMemory, Technique, VMMError
@@ -382,7 +381,7 @@ class Hypervisor:
         vm.reset_devices()
         vm.clock = vm.idle = 0
         vm.stats = type(vm.stats)()
-        vm.patches = {}
+        vm.tcache.clear()
         vm.violations = []
         vm._final_memory = None
         vm._injected = None
@@ -390,13 +389,6 @@ class Hypervisor:
         if vm.program is not None:
             vm.load(vm.program)
             entry = vm.program.origin
-            if vm.technique is Technique.BINARY_TRANSLATION:
-                t = binary_translate(vm.program.words, vm.program.origin)
-                for gpa, (_, patched) in t.patches.items():
-                    vm.write_word(gpa, patched)
-                vm.patches = dict(t.patches)
-                vm.stats.scanned = t.scanned
-                vm.stats.rewrites = t.rewrites
         top = vm.memory_size or 0
         for vcpu in vm.vcpus:
             vcpu.reset(entry, top - STACK_GAP * vcpu.index)
@@ -466,6 +458,7 @@ class Hypervisor:
         stats = vm.stats
         cpu = self.cpu
         hw = vm.technique is Technique.HARDWARE_ASSIST
+        bt = vm.technique is Technique.BINARY_TRANSLATION
         irq = vm.irq
         used = 0
         while vcpu.done is None:
@@ -479,6 +472,14 @@ class Hypervisor:
             if used >= budget:
                 break
             limit = budget - used
+            if bt and vcpu.mode is Privilege.KERNEL:
+                run, translated = self._translated(vcpu)
+                if translated is not None:  # a translated sensitive instruction: no trap
+                    vm.clock += 1
+                    used += 1
+                    self._dispatch(vcpu, translated)
+                    continue
+                limit = min(limit, run)
             deadline = vm.bus.next_deadline()
             if deadline is not None:
                 limit = min(limit, max(1, deadline - vm.clock))
@@ -572,7 +573,7 @@ class Hypervisor:
                 crs[CR.CR0] = CR0_PG
                 crs[CR.CR3] = vm.mem.table.root
                 # deprivileged: user mode, TVEC = 0 (traps come to us), the real IF on
-                cpu.load_state(CPUState(tuple(vcpu.regs), vcpu.pc, vcpu.flags | FLAG_IF,
+                cpu.load_state(CPUState(tuple(vcpu.regs), vcpu.pc, _real_flags(vcpu),
                                         Privilege.USER, crs, False))
             self._on_cpu = vcpu
             return
@@ -587,7 +588,7 @@ class Hypervisor:
                 if crs[k] != v:
                     cpu.write_cr(CR(k), v)
         else:
-            cpu.flags = vcpu.flags | FLAG_IF
+            cpu.flags = _real_flags(vcpu)
 
     def _leave(self, vcpu: VCPU, hw: bool) -> None:
         """Copy the host CPU's state back into ``vcpu`` (it stays loaded)."""
@@ -637,8 +638,6 @@ class Hypervisor:
         cause = trap.cause
         if cause in _EMULATED_TRAPS:
             self._dispatch(vcpu, self._fetch(vcpu, trap.pc, hw))
-        elif cause is TrapCause.INVALID_OPCODE and trap.pc in vm.patches:
-            self._dispatch(vcpu, Insn.decode(vm.patches[trap.pc][0], trap.pc))
         elif cause is TrapCause.PAGE_FAULT:
             address = trap.address if trap.address is not None else trap.pc
             if vm.contains(address):
@@ -647,6 +646,35 @@ class Hypervisor:
         else:
             stats.reflected += 1
             vcpu.reflect(cause, trap.address)
+
+    def _translated(self, vcpu: VCPU) -> tuple[int, Insn | None]:
+        """Binary translation, virtual kernel mode: look ``vcpu.pc`` up in the translation cache.
+
+        Returns ``(n, None)``: the next ``n`` instructions are translated
+        identically (the caller runs them on the CPU); or ``(0, insn)``: a
+        sensitive instruction whose translation the caller performs on the
+        virtual CPU — inline or as a callout, with no trap [BUG12, AA06].
+        """
+        vm = vcpu.vm
+        stats = vm.stats
+        pc = vcpu.pc
+        if not vm.contains(pc) or not vm.contains(pc + 3):
+            return 1, None  # let the CPU fetch it and fault, as the guest would
+        tc = vm.tcache
+        block = tc.lookup(vm.read_word, pc)
+        stats.blocks_translated = tc.blocks_translated
+        stats.translated = tc.instructions_translated
+        stats.tc_hits = tc.hits
+        if not len(block):
+            return 1, None  # no instruction here: the CPU raises #UD for the guest
+        action = block.action(pc)
+        if action == "identical":
+            return block.identical_run(pc), None
+        if action == "callout":
+            stats.callouts += 1
+        else:
+            stats.translated_ops += 1
+        return 0, Insn.decode(vm.read_word(pc), pc)
 
     def _fetch(self, vcpu: VCPU, pc: int, hw: bool) -> Insn:
         """Decode the guest instruction at ``pc`` (through guest paging, if the guest has any)."""
@@ -686,6 +714,21 @@ class Hypervisor:
             vcpu.finish(f"crashed: the {name} handler gave up", crashed=True)
         else:
             raise VMMError(f"the handler for {name!r} returned {action!r}, not an Action")
+
+
+def _real_flags(vcpu: VCPU) -> int:
+    """The real FLAGS while a deprivileged vCPU runs: the real IF is on.
+
+    Except for guest *user* code under binary translation, which runs
+    directly with the real IF equal to its virtual IF, so that a user-mode
+    ``pushf`` reads what it would on bare hardware.  (A real binary
+    translator runs user code with interrupts on, as every real kernel runs
+    its user code; this model's host takes no interrupts of its own while a
+    guest runs, so nothing is lost.)
+    """
+    if vcpu.vm.technique is Technique.BINARY_TRANSLATION and vcpu.mode is Privilege.USER:
+        return vcpu.flags
+    return vcpu.flags | FLAG_IF
 
 
 def _asynchronous(event: Trap | VMExit) -> bool:

@@ -61,6 +61,7 @@ from virtcore.hw.isa import (
     SP,
 )
 from virtcore.hw.paging import MMU, PTE_D
+from virtcore.vmm.bt import TranslationCache
 from virtcore.vmm.handlers import Action, HandlerTable
 from virtcore.vmm.lifecycle import VMState
 
@@ -96,14 +97,16 @@ class VMMError(VirtcoreError):
 
 
 class Technique(enum.Enum):
-    """How the VMM runs the guest kernel (facts §4.3).
+    """How the VMM runs the guest kernel [VMW07, AA06].
 
-    Trap-and-emulate, binary translation and paravirtualization all run the
-    guest kernel deprivileged; binary translation also patches the kernel's
-    ``popf``/``pushf`` at boot (:mod:`virtcore.vmm.bt`), and a
-    paravirtualized guest differs only in what it runs — a kernel that calls
-    ``hcall`` instead of using sensitive instructions.  Hardware assist runs
-    the guest in guest mode (VMX non-root) with EPT.
+    Trap-and-emulate and paravirtualization run the guest kernel
+    deprivileged on the CPU (a paravirtualized guest differs only in what it
+    runs: a kernel that calls ``hcall`` instead of using sensitive
+    instructions [XEN-SOSP03]).  Binary translation runs the guest kernel
+    from a translation cache, block by block, with its sensitive
+    instructions translated into code that does not trap; guest user code
+    runs directly (:mod:`virtcore.vmm.bt`, [BUG12]).  Hardware assist runs
+    the guest in guest mode (VMX non-root) with EPT [SDM].
 
     >>> Technique.parse("bt"), Technique.parse("hw").deprivileged
     (<Technique.BINARY_TRANSLATION: 'binary translation'>, False)
@@ -160,21 +163,24 @@ class VMStats:
     interrupts: int = 0  # virtual interrupts delivered to the guest
     hypercalls: int = 0
     violations: int = 0  # accesses outside the guest's memory, caught
-    scanned: int = 0  # binary translation: instructions scanned
-    rewrites: int = 0  # binary translation: instructions rewritten
+    blocks_translated: int = 0  # binary translation: blocks written into the translation cache
+    translated: int = 0  # binary translation: guest-kernel instructions translated
+    tc_hits: int = 0  # binary translation: blocks found already translated
+    translated_ops: int = 0  # binary translation: sensitive instructions done inline, no trap
+    callouts: int = 0  # binary translation: calls from translated code into the monitor
     by_instruction: Counter[str] = field(default_factory=Counter)
     by_exit: Counter[str] = field(default_factory=Counter)
     by_hypercall: Counter[str] = field(default_factory=Counter)
 
     @property
     def vmm_entries(self) -> int:
-        """Traps plus exits: how often the VMM had to step in."""
-        return self.traps + self.exits
+        """Traps, exits and callouts: how often the VMM had to step in."""
+        return self.traps + self.exits + self.callouts
 
     @property
     def instructions(self) -> int:
-        """Guest instructions in all: run directly or handled by the VMM."""
-        return self.direct + self.vmm_entries
+        """Guest instructions in all: run directly, translated, or handled by the VMM."""
+        return self.direct + self.vmm_entries + self.translated_ops
 
     @property
     def efficiency(self) -> float:
@@ -502,7 +508,7 @@ class VM:
         self.clock = 0  # virtual time: the guest's own ticks (instructions + idle time skipped)
         self.idle = 0  # ticks of that spent halted
         self.stats = VMStats()
-        self.patches: dict[int, tuple[int, int]] = {}  # BT: guest address → (original, patched)
+        self.tcache = TranslationCache()  # binary translation: the translated kernel blocks
         self.violations: list[tuple[int, int]] = []  # (pc, address), the first few
         self._final_memory: list[int] | None = None
         self._injected: int | None = None  # hardware assist: IRQ line injected, not yet acked
@@ -614,10 +620,10 @@ class VM:
     def memory_words(self) -> list[int]:
         """The guest's memory as words, guest-physical address order.
 
-        While the VM holds memory this reads it through the P2M (with binary
-        translation's patches shown as the original instructions, as the
-        guest believes its code is); afterwards, the image kept when it shut
-        off or crashed.
+        While the VM holds memory this reads it through the P2M; afterwards,
+        the image kept when it shut off or crashed.  (Binary translation
+        never changes guest memory: its translations live in the VMM's
+        translation cache.)
         """
         if self.mem is None:
             if self._final_memory is None:
@@ -630,9 +636,6 @@ class VM:
         for frame in mem.p2m:
             start = (frame << mem.page_bits) >> 2
             out.extend(words[start:start + per])
-        for gpa, (original, patched) in self.patches.items():
-            if out[gpa >> 2] == patched:
-                out[gpa >> 2] = original
         return out
 
     def violation(self, vcpu: VCPU, address: int) -> Action:
