@@ -266,7 +266,8 @@ def open_executor(value: str, *, tls_dir: Path | str | None = None,
             cluster = stack.enter_context(LocalCluster(
                 n_workers=addr.workers, threads_per_worker=1, processes=True,
                 host="127.0.0.1", protocol="tls", security=Security.temporary(),
-                dashboard_address=None, silence_logs=40))
+                dashboard_address=None, worker_dashboard_address=None,
+                silence_logs=40))
             client = stack.enter_context(Client(cluster, timeout=timeout))
         else:
             security = client_security(tls_dir)

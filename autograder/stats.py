@@ -16,7 +16,7 @@ few extreme submissions do not move them, unlike mean and standard deviation):
   median (an infinite loop that ran into the timeout, a memory hog);
 - **faults**: a part ended ``timeout``, ``crashed`` or ``integrity`` (the code touched the
   reference, the checker…) — always worth reading;
-- **score**: ``|score − median| > 3.5 × 1.4826 × MAD`` (the usual "modified z-score" rule of
+- **score**: ``|score − median| > 3.5 × 1.4826 × MAD`` (the usual "modified z-score" rule
   [IGLEWICZ93]), when the MAD is not 0.
 """
 
