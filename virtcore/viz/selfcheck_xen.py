@@ -168,7 +168,7 @@ def _solve_xl_state(data: Mapping[str, Any]) -> tuple[int, str]:
     from virtcore.errors import VirtcoreError
     from virtcore.xen import Xen
 
-    xen = Xen(frames=512)
+    xen = Xen(frames=256)
     for op, name in data["cmds"]:
         try:
             if op == "create":
@@ -201,9 +201,10 @@ def _gen_grant_map(rng: random.Random) -> tuple[str, dict[str, Any]]:
     return ("Frontend domain d2 grants one of its pages to backend domain d1: a "
             f"{ro}grant\n(GTF_permit_access{'|GTF_readonly' if readonly else ''}, domid=1). "
             "Then, one after the other:\n\n" + lines + "\n\n"
-            "What status does Xen return for each GNTTABOP_map_grant_ref? Answer with a list "
-            "of\nGNTST_* values, e.g. [0, -8] (GNTST_okay = 0, GNTST_general_error = -1,\n"
-            "GNTST_permission_denied = -8)."), {"readonly": readonly, "tries": tries}
+            "What status does Xen return for each GNTTABOP_map_grant_ref? (GNTST_okay = 0,\n"
+            "GNTST_general_error = -1, GNTST_bad_gntref = -3, GNTST_permission_denied = -8.)\n"
+            "Answer with a list of GNTST_* values, e.g. [0, -8]"), \
+        {"readonly": readonly, "tries": tries}
 
 
 def _solve_grant_map(data: Mapping[str, Any]) -> list[int]:
@@ -259,7 +260,7 @@ def _gen_domctl(rng: random.Random) -> tuple[str, dict[str, Any]]:
             "hypercalls are\nmade in order (each one sees what the calls before it did):\n\n"
             + lines
             + "\n\nWhat does each return? Answer with a list of 'ok' or error names, e.g. "
-              "['ok', 'EPERM']."), {"calls": calls}
+              "['ok', 'EPERM']"), {"calls": calls}
 
 
 def _solve_domctl(data: Mapping[str, Any]) -> list[str]:
@@ -276,7 +277,7 @@ def _solve_domctl(data: Mapping[str, Any]) -> list[str]:
     )
     from virtcore.xen.control import XenDomctl
 
-    xen = Xen(frames=512)
+    xen = Xen(frames=256)
     ids = {"Domain-0": 0}
     for n in ("web", "db", "cli"):
         ids[n] = xen.create_guest(n, memory_pages=16).domid
@@ -307,7 +308,7 @@ def _gen_evtchn(rng: random.Random) -> tuple[str, dict[str, Any]]:
             "of every port it\nhandles. 'send' is d1's EVTCHNOP_send, 'mask' Dom0 setting the "
             "port's MASK bit,\n'unmask' Dom0's EVTCHNOP_unmask:\n\n" + lines + "\n\n"
             "How many upcalls does Dom0's vCPU receive, and what is the port's PENDING bit at "
-            "the end?\nAnswer as a pair (upcalls, pending), e.g. (9, 1)."), {"ops": ops}
+            "the end?\nAnswer as a pair (upcalls, pending), e.g. (9, 1)"), {"ops": ops}
 
 
 def _solve_evtchn(data: Mapping[str, Any]) -> tuple[int, int]:
@@ -353,7 +354,7 @@ def _solve_owner(data: Mapping[str, Any]) -> int:
     )
     from virtcore.xen.control import XenDomctl
 
-    xen = Xen(frames=512)
+    xen = Xen(frames=256)
     for n in ("netdom", "stordom"):
         xen.create_guest(n, memory_pages=8)
     for dev, dom in data["moves"]:
@@ -457,7 +458,7 @@ def _solve_credit_share(data: Mapping[str, Any]) -> float:
     from virtcore.xen import Xen
     from virtcore.xen.sched import schedule
 
-    xen = Xen(frames=512, pcpus=1)
+    xen = Xen(frames=256, pcpus=1)
     for name, weight, vcpus in data["doms"]:
         xen.create_guest(name, memory_pages=8, vcpus=vcpus, weight=weight)
     r = schedule(xen, duration_us=300_000, include_dom0=False)
@@ -488,7 +489,7 @@ def _gen_hw_access(rng: random.Random) -> tuple[str, dict[str, Any]]:
             "two DomUs,\n'netdom' and 'app'. " + nic + " Each domain tries:\n\n" + lines
             + "\n\n('DMA into own frame': the device writes into one of the domain's own "
             "frames, as its\ndriver would program it.) Which are allowed? Answer with the list "
-            "of their numbers,\ne.g. [2, 5]."), {"give_nic": give_nic, "tries": tries}
+            "of their numbers,\ne.g. [2, 6]"), {"give_nic": give_nic, "tries": tries}
 
 
 def _solve_hw_access(data: Mapping[str, Any]) -> list[int]:
@@ -497,7 +498,7 @@ def _solve_hw_access(data: Mapping[str, Any]) -> list[int]:
     from virtcore.xen.constants import HYPERVISOR_domctl, XEN_DOMCTL_assign_device
     from virtcore.xen.control import XenDomctl
 
-    xen = Xen(frames=512)
+    xen = Xen(frames=256)
     netdom = xen.create_guest("netdom", memory_pages=8)
     xen.create_guest("app", memory_pages=8)
     if data["give_nic"]:
@@ -531,7 +532,7 @@ PLACEHOLDERS: dict[str, object] = {
     "xen.ring": 0,
     "xen.vcpu": (1, 1),
     "xen.credit-share": 0,
-    "xen.hw-access": [2, 5],
+    "xen.hw-access": [2, 6],
 }
 
 #: The questions, in the order of the chapters' sections.
@@ -546,9 +547,9 @@ CHECKS: tuple[SelfCheck, ...] = (
                    "domain is gone. xl_list(xen) shows the table.",
               covers=("S3.5", "S5.3")),
     SelfCheck("xen.grant-map", 5, _gen_grant_map, _solve_grant_map, as_status_list,
-              hint="Xen checks that the entry names the mapping domain (else "
-                   "GNTST_permission_denied) and that a writable map is not of a read-only "
-                   "grant (else GNTST_general_error).",
+              hint="Xen checks that the entry names the mapping domain and that a writable "
+                   "map is not of a read-only grant; _set_status_v1 fails both with "
+                   "GNTST_general_error. A read-only grant may be mapped read-only many times.",
               covers=("S4.1",)),
     SelfCheck("xen.pv-hvm", 5, _gen_pv_hvm, _solve_pv_hvm, as_int_pair,
               hint="PV: every cli, sti and out faults into Xen; HVM: the CPU virtualizes the "

@@ -111,16 +111,17 @@ def domain_label(d: Domain) -> str:
 def xl_list(xen: Xen) -> TextView:
     """The ``xl list`` table of the host: ``Name ID Mem VCPUs State Time(s)`` [XL-1].
 
-    Mem is in MiB (as ``xl`` prints it), Time the simulated CPU time in seconds.
+    The real ``xl`` prints Mem in MiB; the model's domains are a few pages, so Mem is in KiB
+    here. Time is the domain's simulated CPU time in seconds.
 
     >>> from virtcore.xen import Xen
     >>> print(xl_list(Xen(frames=256)).splitlines()[0])
-    Name                                        ID   Mem VCPUs      State   Time(s)
+    Name                                     ID  Mem(KiB) VCPUs      State   Time(s)
     """
-    rows = [f"{'Name':<40}{'ID':>6}{'Mem':>6}{'VCPUs':>6}{'State':>11}{'Time(s)':>10}"]
+    rows = [f"{'Name':<36}{'ID':>6}{'Mem(KiB)':>10}{'VCPUs':>6}{'State':>11}{'Time(s)':>10}"]
     for d in sorted(xen.domains.values(), key=lambda d: d.domid):
-        mem = d.memory_kib // 1024
-        rows.append(f"{d.name:<40}{d.domid:>6}{mem:>6}{len(d.vcpus):>6}"
+        mem = d.memory_kib
+        rows.append(f"{d.name:<36}{d.domid:>6}{mem:>10}{len(d.vcpus):>6}"
                     f"{d.state_letters():>11}{d.cpu_time_ns / 1e9:>10.1f}")
     return TextView("\n".join(rows))
 
@@ -262,7 +263,7 @@ def draw_event_channels(xen: Xen, ax: Any = None, *, title: str | None = None) -
     inter = [(a, b) for a, b, k in g.edges(data="kind") if k == "interdomain" and a < b]
     irq = [(a, b) for a, b, k in g.edges(data="kind") if k in ("virq", "pirq")]
     nx.draw_networkx_edges(g, pos, edgelist=inter, ax=ax, arrows=False, width=2,
-                           edge_color="#1565c0", connectionstyle="arc3,rad=0.2")
+                           edge_color="#1565c0")
     nx.draw_networkx_edges(g, pos, edgelist=irq, ax=ax, style="dashed", edge_color="#c62828",
                            arrows=True, connectionstyle="arc3,rad=0.1")
     labels = {"xen": "Xen"}
