@@ -233,8 +233,8 @@ MAX_CELL_CHARS = 200_000
 STUDENT_BUDGET = 300.0
 #: Infrastructure faults (and SIGKILLs from outside) retried per part before giving up.
 RETRIES = 2
-_ANALYSE = ("import sys; sys.path.insert(0, sys.argv[1]); from autograder.grade import"
-            " _analyse_main; _analyse_main()")
+_ANALYSE = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]);"
+            " from autograder.grade import _analyse_main; _analyse_main()")
 
 
 @dataclass(frozen=True)
@@ -363,7 +363,8 @@ def _analyse_bounded(raw: bytes, module: ModuleType, preamble: list[str],
     args = json.dumps({"forbidden": list(module.FORBIDDEN), "preamble": preamble})
     try:
         proc = subprocess.run(
-            [sys.executable, "-I", "-c", _ANALYSE, str(sandbox.REPO_ROOT), args], input=raw,
+            [sys.executable, "-I", "-c", _ANALYSE,
+             json.dumps([str(sandbox.REPO_ROOT), *(p for p in sys.path if p)]), args], input=raw,
             capture_output=True, timeout=timeout, preexec_fn=limits, check=False,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
     except subprocess.TimeoutExpired:

@@ -487,6 +487,95 @@ def _check_utilisation(ref: _Trace, got: _Trace, slack: float) -> str | None:
     return None
 
 
+def replay(case: dict[str, Any], data: Any) -> dict[str, Any]:
+    """Re-run ``case`` in the grader with the trace's own decisions; the grader's trace.
+
+    A scheduler that only *replays* the trace's segments (pCPU, vCPU, start, end) drives
+    virtcore's simulator, which owns the truth of who is runnable: choosing a blocked vCPU,
+    or one already running elsewhere, is an error there, and a vCPU that blocks sooner (or
+    later) than the trace claims ends its segment at another time.  The trace is a legal
+    schedule of this case exactly when the replay gives the same segments; then the metrics
+    are taken from the replay (runnable intervals, wake-up latencies), never from the worker.
+
+    Raises
+    ------
+    ValueError
+        Not a legal schedule of the case (the message says where).
+
+    >>> from virtcore.sched import RoundRobin
+    >>> case = generated_case("accounting", 1)
+    >>> t = simulate_case(RoundRobin(10_000), case)
+    >>> replay(case, t) == t
+    True
+    >>> case = generated_case("boost", 4)                  # an interactive shell sleeps a lot
+    >>> shell = case["domains"].index(next(d for d in case["domains"] if d["name"] == "shell"))
+    >>> forged = {**simulate_case(RoundRobin(10_000), case),
+    ...           "segments": [[0, shell, 0, case["duration_us"]]]}   # "it ran all the time"
+    >>> replay(case, forged)
+    Traceback (most recent call last):
+    ...
+    ValueError: the trace is not a schedule of this case: ...
+    """
+    from virtcore.sched.core import IDLE, Decision, Scheduler
+
+    _Trace(case, data)  # shape, bounds, nobody in two places at once
+    names = list(data["vcpus"])
+    pcpus = int(case["pcpus"])
+    plan: list[list[tuple[int, int, int]]] = [[] for _ in range(pcpus)]
+    for p, v, a, b in data["segments"]:
+        plan[p].append((a, b, v))
+    for lst in plan:
+        lst.sort()
+
+    class Replay(Scheduler):
+        name = "replay"
+
+        def __init__(self) -> None:
+            self.pos = [0] * pcpus
+            self.waiting: dict[str, Any] = {}
+            self.by_name: dict[str, Any] = {}
+
+        def wake(self, vcpu: Any, now: int) -> None:
+            pass
+
+        def descheduled(self, vcpu: Any, pcpu: Any, now: int, ran_us: int) -> None:
+            waiting = self.waiting.pop(vcpu.name, None)
+            if waiting is not None:
+                self.sim.tickle(waiting)
+
+        def pick_next(self, pcpu: Any, now: int) -> Decision:
+            if not self.by_name:
+                self.by_name = {v.name: v for v in self.sim.vcpus}
+            lst, i = plan[pcpu.id], self.pos[pcpu.id]
+            while i < len(lst) and lst[i][1] <= now:
+                i += 1
+            self.pos[pcpu.id] = i
+            if i < len(lst) and lst[i][0] <= now:
+                a, b, v = lst[i]
+                vcpu = self.by_name[names[v]]
+                other = vcpu.running_on
+                if other is not None and other is not pcpu and a == now:
+                    # it moves here at this instant, and its old pCPU has not let it go yet
+                    # (events of one instant run in order): idle until it does
+                    self.waiting[vcpu.name] = pcpu
+                    return IDLE
+                return Decision(vcpu, b - now)
+            return Decision(None, lst[i][0] - now) if i < len(lst) else IDLE
+
+    try:
+        again = simulate_case(Replay(), case)
+    except Exception as e:  # the simulator refused a decision: not a legal schedule
+        raise ValueError(f"the trace is not a schedule of this case: {e}") from None
+    mine = sorted(map(tuple, data["segments"]))
+    theirs = sorted(map(tuple, again["segments"]))
+    if mine != theirs:
+        diff = next((f"{x} vs {y}" for x, y in zip(mine, theirs) if x != y),
+                    f"{len(mine)} segments vs {len(theirs)}")
+        raise ValueError(f"the trace is not a schedule of this case: the simulator, following"
+                         f" its decisions, ran [pCPU, vCPU, start, end] differently ({diff})")
+    return again
+
+
 def compare(part: Part, check: Check, case: dict[str, Any], got: Any) -> str | None:
     """Check the student's trace against the reference Credit's (computed here); None = pass.
 
@@ -499,7 +588,7 @@ def compare(part: Part, check: Check, case: dict[str, Any], got: Any) -> str | N
     the reference gives 34.0% (allowed ±8.1)
     """
     try:
-        mine = _Trace(case, got)
+        mine = _Trace(case, replay(case, got))
     except ValueError as e:
         return f"the trace is not valid: {e}"
     kind = case["kind"]
