@@ -4,10 +4,12 @@ Read by every ``nbgrader`` command run in this directory (and by JupyterLab's
 formgrader when the server starts here), and by ``python -m autograder``, which
 takes the course id and the gradebook URL from it.
 
-Scores come from ``python -m autograder grade`` (differential checks outside the
-student's kernel, see ``../autograder/``); ``nbgrader autograde`` still works on
-this course, and its settings here keep it honest: a deleted test cell is put
-back, a timeout ends a cell, and generated feedback never shows hidden tests.
+Scores come from the course's grader (differential checks outside the student's
+kernel, in sandboxed workers, see ``../autograder/``): ``python -m autograder grade``,
+and also ``nbgrader autograde`` and formgrader's Autograde button, whose preprocessors
+are replaced here so that they call the same grader and never execute the student's
+notebook (``autograder/nbgrader_bridge.py``).  Generated feedback never shows hidden
+tests.
 """
 
 import os
@@ -37,11 +39,29 @@ c.IncludeHeaderFooter.header = os.path.join(HERE, "source", "header.ipynb")
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
-# -- autograde (nbgrader's own; the course's scores come from `python -m autograder grade`) --
+# -- autograde: nbgrader's own and formgrader's button, through the course's safe grader ------
+# nbgrader's default runs the student's notebook and the tests in one kernel (`Execute`), where
+# the student's code can write the gradebook and source/.  Here no kernel is started: the
+# sanitize pass restores every cell's nbgrader metadata from source/ and strips the student's
+# markdown HTML, and `SafeGrade` (instead of `Execute`) grades the answer cells in the
+# grader's sandbox and writes each part's score into its test cell, which nbgrader's
+# `SaveAutoGrades` records — the same points as `python -m autograder grade`.
+# (`autograder` must be importable: `pip install -e .` of the repository; without it
+# nbgrader stops on the class name rather than fall back to executing the notebook.)
+from autograder.nbgrader_bridge import (  # noqa: E402
+    AUTOGRADE_PREPROCESSORS,
+    SANITIZE_PREPROCESSORS,
+)
+
+c.Autograde.sanitize_preprocessors = SANITIZE_PREPROCESSORS
+c.Autograde.autograde_preprocessors = AUTOGRADE_PREPROCESSORS
+c.RestoreMetadata.course_dir = HERE
+c.SafeGrade.course_dir = HERE
+# Wall-clock limit per graded part in the grader's sandbox, seconds (as `grade --timeout`).
+c.SafeGrade.timeout = 60.0
 # A deleted test cell is restored from the gradebook instead of becoming "manual grading".
 c.OverwriteCells.add_missing_cells = True
-# Per-cell timeout, seconds (nbgrader has no per-notebook limit): the graded checks run a
-# few dozen small guests or scheduler runs, well under a second each.
+# Only for `nbgrader validate` on the instructor's own notebooks (it executes them).
 c.Execute.timeout = 60
 c.Execute.interrupt_on_timeout = True
 c.ExecutePreprocessor.kernel_name = "python3"

@@ -1,0 +1,251 @@
+"""nbgrader's own ``autograde`` (and formgrader's *Autograde* button) through the safe grader.
+
+nbgrader's :class:`nbgrader.converters.Autograde` converts each submitted notebook in two
+passes (nbgrader 0.9, ``converters/autograde.py``):
+
+- ``sanitize_preprocessors`` on ``submitted/`` → ``autograded/``: ``ClearOutput``,
+  ``DeduplicateIds``, ``OverwriteKernelspec``, ``OverwriteCells`` (test and locked cells
+  restored from the gradebook), ``CheckCellMetadata``;
+- ``autograde_preprocessors`` on that copy: ``Execute`` (**runs the whole notebook, the
+  student's code and the tests, in one kernel** — which can patch the checks, write the
+  gradebook and the course's ``source/``), ``IgnorePattern``, ``ClearMetadataPreprocessor``,
+  ``LimitOutput``, ``SaveAutoGrades`` (a test cell scores its points unless its outputs hold
+  an error or stderr; an ``execute_result`` holding a number is partial credit —
+  ``nbgrader.utils.determine_grade``), ``AssignLatePenalties``, ``CheckCellMetadata``.
+
+formgrader's button calls ``NbGraderAPI.autograde``, which runs the same ``Autograde`` app
+with the server's configuration — this course's ``nbgrader_config.py``.  That file replaces
+the preprocessor lists with the ones here (:data:`SANITIZE_PREPROCESSORS`,
+:data:`AUTOGRADE_PREPROCESSORS`), so **no kernel is ever started and nothing the student
+wrote runs outside the grader's sandbox**:
+
+- :class:`RestoreMetadata` (first, before ``OverwriteCells``): every cell's ``nbgrader``
+  metadata comes from the *source* notebook by ``grade_id``; a cell whose id the source does
+  not have loses its nbgrader metadata (so a student cannot add a grade cell, claim 4000
+  points, or turn an answer cell into a test cell);
+- :class:`NeutralizeMarkdown`: the student's unlocked markdown and raw cells keep no HTML
+  (:func:`autograder.sanitize.escape_markdown`), attachments keep images only — formgrader
+  renders ``autograded/`` in the instructor's browser;
+- :class:`SafeGrade` (instead of ``Execute``): grades the notebook's answer cells with the
+  course's grader (sandboxed workers, results compared in the grader — the same call as
+  ``python -m autograder grade``), then writes each test cell's outputs: the part's comment
+  as text and its score as an ``execute_result`` number, which ``SaveAutoGrades`` records as
+  partial credit (``repr`` of the float, so the gradebook holds exactly the grader's score);
+  every other code cell's outputs stay empty;
+- :class:`SaveComments` (after ``SaveAutoGrades``, which blanks the answer cells'
+  comments): each answer cell's ``auto_comment`` is the grader's per-check text, as
+  ``python -m autograder grade`` writes it.
+
+So ``nbgrader autograde <a>`` and the button record the same points as ``python -m
+autograder grade`` and are as safe.  If ``autograder`` cannot be imported, nbgrader fails
+on the class name instead of falling back to ``Execute``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nbgrader.preprocessors import NbGraderPreprocessor
+from nbgrader.utils import is_grade, is_locked, is_solution
+from traitlets import Float, Unicode
+
+__all__ = [
+    "AUTOGRADE_PREPROCESSORS",
+    "SANITIZE_PREPROCESSORS",
+    "NeutralizeMarkdown",
+    "RestoreMetadata",
+    "SafeGrade",
+    "SaveComments",
+    "grade_for_nbgrader",
+]
+
+_BRIDGE = "autograder.nbgrader_bridge."
+#: ``c.Autograde.sanitize_preprocessors`` for this course.
+SANITIZE_PREPROCESSORS = [
+    "nbgrader.preprocessors.ClearOutput",
+    "nbgrader.preprocessors.DeduplicateIds",
+    "nbgrader.preprocessors.OverwriteKernelspec",
+    _BRIDGE + "RestoreMetadata",
+    "nbgrader.preprocessors.OverwriteCells",
+    _BRIDGE + "NeutralizeMarkdown",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+#: ``c.Autograde.autograde_preprocessors``: nbgrader's list with ``Execute`` replaced.
+AUTOGRADE_PREPROCESSORS = [
+    _BRIDGE + "SafeGrade",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    _BRIDGE + "SaveComments",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+_RESULT_KEY = "virtcore_result"
+
+
+class _CourseAware(NbGraderPreprocessor):
+    course_dir = Unicode("", help="The course directory (source/, the secret).").tag(
+        config=True)
+
+    def _course(self) -> Path:
+        if not self.course_dir:
+            raise RuntimeError(f"{type(self).__name__}.course_dir is not configured")
+        return Path(self.course_dir)
+
+    def _spec(self, resources: Any) -> Any:
+        from autograder import assignments
+
+        name = resources["nbgrader"]["assignment"]
+        if name not in assignments.REGISTRY:
+            raise RuntimeError(f"the autograder does not know the assignment {name!r}")
+        return assignments.get(name)
+
+    def _source_meta(self, spec: Any) -> dict[str, dict[str, Any]]:
+        import nbformat
+
+        src = self._course() / "source" / spec.name / spec.notebook
+        nb = nbformat.read(str(src), as_version=4)
+        out = {}
+        for cell in nb.cells:
+            meta = cell.metadata.get("nbgrader")
+            if isinstance(meta, dict) and meta.get("grade_id"):
+                out[meta["grade_id"]] = dict(meta)
+        return out
+
+
+class RestoreMetadata(_CourseAware):
+    """Every cell's nbgrader metadata from the source notebook (by ``grade_id``), or none."""
+
+    def preprocess(self, nb: Any, resources: Any) -> tuple[Any, Any]:
+        source = self._source_meta(self._spec(resources))
+        for cell in nb.cells:
+            meta = cell.metadata.get("nbgrader")
+            if meta is None:
+                continue
+            gid = meta.get("grade_id") if isinstance(meta, dict) else None
+            if isinstance(gid, str) and gid in source:
+                fresh = copy.deepcopy(source[gid])
+                fresh.pop("checksum", None)
+                cell.metadata["nbgrader"] = fresh
+            else:
+                del cell.metadata["nbgrader"]
+        return nb, resources
+
+
+class NeutralizeMarkdown(NbGraderPreprocessor):
+    """The student's markdown/raw cells keep no HTML; attachments keep images only.
+
+    Locked cells were just restored from the gradebook by ``OverwriteCells`` (the
+    instructor's text) and stay as they are.
+    """
+
+    def preprocess_cell(self, cell: Any, resources: Any, index: int) -> tuple[Any, Any]:
+        from autograder.sanitize import escape_markdown
+
+        if cell.cell_type in ("markdown", "raw") and not is_locked(cell):
+            cell.source = escape_markdown(cell.source)
+            cell.metadata.pop("raw_mimetype", None)
+            cell.metadata.pop("format", None)
+            att = cell.get("attachments")
+            if att:
+                keep = {}
+                for name, bundle in att.items():
+                    imgs = {m: v for m, v in bundle.items()
+                            if m in ("image/png", "image/jpeg", "image/gif")}
+                    if imgs:
+                        keep[name] = imgs
+                cell["attachments"] = keep
+        return cell, resources
+
+
+def grade_for_nbgrader(nb: Any, assignment: str, student: str, course: Path,
+                       timeout: float) -> Any:
+    """Grade an in-memory notebook the way ``python -m autograder grade`` grades a file.
+
+    Only its answer cells are used (:mod:`autograder.extract`); returns a
+    :class:`~autograder.grade.NotebookResult`.
+    """
+    import nbformat
+
+    from autograder import grade
+    from autograder.cli import load_secret
+
+    spec = grade._resolve(assignment)[0]
+    source = course / "source" / spec.name / spec.notebook
+    secret = load_secret(course)
+    with tempfile.TemporaryDirectory(prefix="virtcore-nbgrader-") as tmp:
+        path = Path(tmp) / spec.notebook
+        nbformat.write(nb, str(path))
+        return grade.grade_notebook(path, spec.name, student, secret,
+                                    source_notebook=source, timeout=timeout)
+
+
+class SafeGrade(_CourseAware):
+    """Instead of ``Execute``: grade in the sandbox, report each part in its test cell."""
+
+    timeout = Float(60.0, help="Wall-clock limit per graded part, seconds.").tag(config=True)
+
+    def preprocess(self, nb: Any, resources: Any) -> tuple[Any, Any]:
+        import nbformat
+
+        from autograder.gradebook import part_comment, part_test_cell
+
+        spec = self._spec(resources)
+        student = resources["nbgrader"]["student"]
+        result = grade_for_nbgrader(nb, spec.name, student, self._course(), self.timeout)
+        resources[_RESULT_KEY] = result
+        by_test = {part_test_cell(p.grade_id): p for p in spec.parts}
+        got = {p.grade_id: p for p in result.parts}
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            cell.outputs = []
+            cell.execution_count = None
+            gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+            if not (is_grade(cell) and not is_solution(cell) and gid in by_test):
+                continue
+            part = by_test[gid]
+            pr = got.get(part.grade_id)
+            score = min(max(float(pr.score), 0.0), float(part.points)) if pr else 0.0
+            text = part_comment(pr) if pr else (
+                f"{part.grade_id}: 0 / {part.points:g} ({result.status}) —"
+                f" {result.reason or result.status}")
+            cell.outputs = [
+                nbformat.v4.new_output("stream", name="stdout", text=text + "\n"),
+                nbformat.v4.new_output("execute_result", data={"text/plain": repr(score)}),
+            ]
+        self.log.info("graded by virtcore's grader: %s %s %g/%g (%s)", student, spec.name,
+                      result.score, result.max_score, result.status)
+        return nb, resources
+
+
+class SaveComments(NbGraderPreprocessor):
+    """Each answer cell's ``auto_comment``: the grader's per-check text for its part."""
+
+    def preprocess(self, nb: Any, resources: Any) -> tuple[Any, Any]:
+        from nbgrader.api import Gradebook, MissingEntry
+
+        from autograder.gradebook import part_comment
+
+        result = resources.get(_RESULT_KEY)
+        if result is None:
+            return nb, resources
+        info = resources["nbgrader"]
+        by_part = {p.grade_id: p for p in result.parts}
+        with Gradebook(info["db_url"]) as gb:
+            for cell in nb.cells:
+                gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+                if not is_solution(cell) or gid not in by_part:
+                    continue
+                try:
+                    comment = gb.find_comment(gid, info["notebook"], info["assignment"],
+                                              info["student"])
+                except MissingEntry:
+                    continue
+                comment.auto_comment = part_comment(by_part[gid])
+            gb.db.commit()
+        return nb, resources
