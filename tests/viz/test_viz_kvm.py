@@ -294,10 +294,25 @@ def test_importing_the_views_loads_no_display_package() -> None:
 def test_the_walkthrough_questions_are_registered_in_order() -> None:
     ids = [c.qid for c in sck.CHECKS]
     assert ids == ["kvm.ioctl-number", "kvm.run-calls", "kvm.errno", "kvm.nice-share",
-                   "kvm.tcg-exits", "kvm.virtio-exits"]
+                   "kvm.needs-vtx", "kvm.tcg-exits", "kvm.virtio-exits", "kvm.full-or-para"]
     assert all(q in selfcheck.REGISTRY for q in ids)
-    assert [q for q in selfcheck.questions(3) if q.startswith("kvm.")] == ids[:4]
-    assert [q for q in selfcheck.questions(4) if q.startswith("kvm.")] == ids[4:]
+    assert [q for q in selfcheck.questions(3) if q.startswith("kvm.")] == ids[:5]
+    assert [q for q in selfcheck.questions(4) if q.startswith("kvm.")] == ids[5:]
+
+
+@pytest.mark.parametrize("seed", range(0, 40, 3))
+def test_conceptual_checks_follow_their_rules(seed: int) -> None:
+    """kvm.needs-vtx: KVM only with the vendor's own extension switched on; kvm.full-or-para:
+    the CPU is always fully virtualized under KVM, the device decides the second answer."""
+    vtx = selfcheck.ask("kvm.needs-vtx", seed=seed).data
+    expect = "kvm" if vtx["enabled"] and vtx["flag"] == {"Intel": "vmx", "AMD": "svm"}[
+        vtx["vendor"]] else "tcg"
+    assert selfcheck.solution("kvm.needs-vtx", seed=seed) == expect
+    dev = selfcheck.ask("kvm.full-or-para", seed=seed).data["device"]
+    cpu, io = selfcheck.solution("kvm.full-or-para", seed=seed)  # type: ignore[misc]
+    assert cpu == "full"
+    assert io == ("para" if "virtio" in dev else "pass-through" if "VFIO" in dev else "full")
+    assert selfcheck.check_answer("kvm.full-or-para", ("full", io), seed=seed)
 
 
 @pytest.mark.parametrize("qid", [c.qid for c in sck.CHECKS])

@@ -671,7 +671,7 @@ class QemuVMM:
         not return to user space — as QEMU sets up with ``KVM_IOEVENTFD``
         [KVM-API §4.59]; the eventfd then wakes QEMU's I/O thread, which does the
         device's work in user space.  With ``vhost=True`` a host-kernel worker does
-        that work instead (vhost-blk/vhost-net): no trip to user space at all.
+        that work instead (vhost-net, vhost-scsi [VHOST]): no trip to user space at all.
         """
         return self.bus.attach(VirtioNotifyPort(device, name=name, base=port,
                                                 irq_line=irq_line, ioeventfd=ioeventfd,
