@@ -3,7 +3,13 @@
 The source notes (Chinese study notes on virtualization) are the syllabus;
 every claim in them has an id — ``S1.1`` … ``S6.5`` for what the notes say,
 ``N1`` … ``N8`` for where the course corrects them — and each id belongs to
-one chapter.  Chapter 0 (this tour) has no claim of its own.
+one chapter; ``docs/syllabus.md`` states each claim and where it is taught.
+Chapter 0 (this tour) has no claim of its own.
+
+:data:`CHAPTERS` are the seven numbered chapters (one per section of the
+notes); :data:`COURSE` is the reading order of the notebooks, which adds the
+KVM walkthrough (``W``, between chapters 2 and 3) and the parts a long chapter
+is split into (``6a``, ``6b``).
 
 >>> chapter_of("S6.3").number
 6
@@ -11,6 +17,8 @@ one chapter.  Chapter 0 (this tour) has no claim of its own.
 '虚拟化架构'
 >>> [c.number for c in CHAPTERS]
 [0, 1, 2, 3, 4, 5, 6]
+>>> [c.name for c in COURSE]
+['0', '1', '2', 'W', '3', '4', '5', '6a', '6b']
 """
 
 from __future__ import annotations
@@ -42,11 +50,21 @@ class Chapter:
         The virtcore packages the chapter runs on.
     summary : str
         What it covers, in one line.
+    stem : str
+        The notebook's file name without ``.ipynb`` where it is fixed (the walkthrough,
+        the planned chapters 3–6); empty: any ``NN-*.ipynb``.
+    label : str
+        How the map names it: the number, a part (``"6a"``) or ``"W"`` (walkthrough).
+    claims : tuple of str
+        The claims this notebook teaches when it is not the whole chapter's
+        (the walkthrough, a part of a split chapter); empty: all of :func:`claims_of`.
 
     Examples
     --------
     >>> CHAPTERS[2].section, CHAPTERS[2].pattern
     ('S2', '02-*.ipynb')
+    >>> WALKTHROUGH.pattern, WALKTHROUGH.label
+    ('kvm-walkthrough.ipynb', 'W')
     """
 
     number: int
@@ -55,14 +73,22 @@ class Chapter:
     section: str
     library: tuple[str, ...]
     summary: str
+    stem: str = ""
+    label: str = ""
+    claims: tuple[str, ...] = ()
 
     @property
     def pattern(self) -> str:
-        """The notebook's file-name pattern, e.g. ``01-*.ipynb``."""
-        return f"{self.number:02d}-*.ipynb"
+        """The notebook's file-name pattern, e.g. ``01-*.ipynb`` or ``03-kvm-vs-xen.ipynb``."""
+        return f"{self.stem}.ipynb" if self.stem else f"{self.number:02d}-*.ipynb"
+
+    @property
+    def name(self) -> str:
+        """The label of the map: ``label`` or the number."""
+        return self.label or str(self.number)
 
 
-#: The chapters, in order (design.md, "Chapters ↔ syllabus sections").
+#: The chapters, one per section of the notes, in order.
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(0, "Start here", "从这里开始", "", ("hw",),
             "how the course works; a first look at the simulated machine"),
@@ -71,17 +97,38 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter(2, "The VM and its monitor", "虚拟机与VMM", "S2", ("vmm", "sched", "hw"),
             "virtual resources, trap-and-emulate, Popek–Goldberg, scheduling, management"),
     Chapter(3, "KVM vs Xen", "KVM架构 VS Xen架构", "S3", ("kvm", "xen"),
-            "a kernel module turning Linux into a hypervisor vs a small hypervisor with Dom0"),
+            "a kernel module turning Linux into a hypervisor vs a small hypervisor with Dom0",
+            stem="03-kvm-vs-xen"),
     Chapter(4, "Security vs performance", "Xen 和KVM架构各有所长", "S4",
             ("xen", "kvm"),
-            "grant tables vs shared memory; the KVM + QEMU stack; emulated vs virtio devices"),
+            "grant tables vs shared memory; the KVM + QEMU stack; emulated vs virtio devices",
+            stem="04-security-vs-performance"),
     Chapter(5, "Xen", "XEN", "S5", ("xen",),
-            "the Xen stack: hypervisor, Domain 0, DomU, driver domains, split drivers"),
+            "the Xen stack: hypervisor, Domain 0, DomU, driver domains, split drivers",
+            stem="05-xen"),
     Chapter(6, "Xen internals", "Xen架构简介", "S6", ("xen",),
-            "control interface, safe hardware interface, event channels, vCPU, virtual MMU"),
+            "control interface, safe hardware interface, event channels, virtual processor",
+            stem="06a-xen-internals", label="6a",
+            claims=("S6.1", "S6.2", "S6.3", "S6.4")),
 )
 
-#: Every claim of the syllabus (``/work/shared/syllabus.md``), in a few words.
+#: The KVM walkthrough: read after chapter 2, before chapter 3 (whose claims it starts on).
+WALKTHROUGH = Chapter(
+    3, "KVM from the inside (walkthrough)", "KVM，基于内核的虚拟机", "S3, S4", ("kvm",),
+    "/dev/kvm ioctl by ioctl, exits, the in-kernel irqchip, guests as processes, TCG vs KVM, "
+    "QEMU's emulated and virtio devices",
+    stem="kvm-walkthrough", label="W",
+    claims=("S3.1", "S3.2", "S3.3", "S4.3", "S4.4", "S4.5", "N4", "N5", "N6"))
+
+#: Chapter 6's second part: Xen's virtual MMU.
+XEN_MMU = Chapter(6, "Xen's virtual MMU", "虚拟内存管理单元", "S6", ("xen",),
+                  "P2M and M2P, validated page tables, shadow page tables, EPT/NPT",
+                  stem="06b-xen-mmu", label="6b", claims=("S6.5",))
+
+#: The notebooks in reading order.
+COURSE: tuple[Chapter, ...] = (*CHAPTERS[:3], WALKTHROUGH, *CHAPTERS[3:], XEN_MMU)
+
+#: Every claim of the syllabus (``docs/syllabus.md``), in a few words.
 SYLLABUS: dict[str, str] = {
     "S1.1": "hosted virtualization (寄居虚拟化): the VMM is an application on a host OS",
     "S1.2": "bare-metal virtualization (裸金属虚拟化): the hypervisor runs on the hardware",
@@ -187,8 +234,25 @@ def available(chapter: Chapter, notebooks: Path | str) -> Path | None:
     return found[0] if found else None
 
 
+def _claim_range(ids: list[str]) -> str:
+    """``S1.1–S1.10`` for a run of one section, else the ids joined (``S3.1–S3.3, N4``)."""
+    if not ids:
+        return "—"
+    groups: list[list[str]] = []
+    for c in ids:
+        prefix = c.split(".")[0] if c.startswith("S") else "N"
+        if groups and (groups[-1][0].split(".")[0] if groups[-1][0].startswith("S") else "N") \
+                == prefix:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return ", ".join(g[0] if len(g) == 1 else f"{g[0]}–{g[-1]}" for g in groups)
+
+
 def chapters_table(notebooks: Path | str | None = None) -> TextView:
     """The course map as a table: chapter, notes section, what it covers, claims, status.
+
+    One row per notebook of :data:`COURSE`, in reading order.
 
     Parameters
     ----------
@@ -206,16 +270,17 @@ def chapters_table(notebooks: Path | str | None = None) -> TextView:
     --------
     >>> print(chapters_table().splitlines()[3])
     | 1 | Virtualization architectures | S1 虚拟化架构 | hosted, ... | S1.1–S1.10 |
+    >>> print(chapters_table().splitlines()[5].split(" | ")[4].rstrip(" |"))
+    S3.1–S3.3, S4.3–S4.5, N4–N6
     """
     head = ["#", "chapter", "notes section", "covers", "claims"]
     if notebooks is not None:
         head.append("status")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for ch in CHAPTERS:
-        ids = [c for c in claims_of(ch.number) if c.startswith("S")]
+    for ch in COURSE:
+        ids = list(ch.claims) or [c for c in claims_of(ch.number) if c.startswith("S")]
         section = f"{ch.section} {ch.title_zh}" if ch.section else "—"
-        cells = [str(ch.number), ch.title, section, ch.summary,
-                 f"{ids[0]}–{ids[-1]}" if ids else "—"]
+        cells = [ch.name, ch.title, section, ch.summary, _claim_range(ids)]
         if notebooks is not None:
             path = available(ch, notebooks)
             cells.append(f"ready: [{path.name}]({path.name})" if path else "coming")
