@@ -28,7 +28,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export JUPYTER_PREFER_ENV_PATH := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help lab test bench lint clean install
+.PHONY: help lab test bench lint clean install hub hub-down
 
 help:
 	@echo "make lab     create/update .venv and open JupyterLab on $(START_NOTEBOOK)"
@@ -36,6 +36,8 @@ help:
 	@echo "make bench   run the benchmarks (BENCH_ARGS=...)"
 	@echo "make lint    ruff check"
 	@echo "make clean   remove .venv and test artefacts"
+	@echo "make hub     (root) bring a course hub up on this machine, loopback only (HUB_ARGS=...)"
+	@echo "make hub-down  take it down: servers stopped, accounts and directories removed"
 
 $(VPY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
@@ -67,6 +69,16 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# A course hub (JupyterHub, nbgrader exchange, PostgreSQL gradebook, TLS Dask cluster) on this
+# machine, loopback only, for a try; stops by itself after 60 min (HUB_ARGS='--minutes 0': never).
+# See deploy/README.md.
+HUB_ARGS ?=
+hub: $(STAMP)
+	$(VPY) -m deploy.hub up $(HUB_ARGS)
+
+hub-down:
+	$(VPY) -m deploy.hub down
 
 clean:
 	rm -rf $(VENV) test-artefacts .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist
