@@ -323,9 +323,10 @@ def test_destroy_and_shutdown_give_frames_back_and_keep_the_last_image():
     assert vm.memory_words()[0x40] == 5
     hv.start("g")  # boots again from the image
     assert vm.clock == 0 and vm.state is VMState.RUNNING
-    hv.destroy("g")
-    assert hv.allocator.free_count == free and hv.list() == []
-    assert [r.state for r in hv.list(all=True)] == [VMState.DESTROYED]
+    hv.destroy("g")                         # forced off: memory back, still defined
+    assert hv.allocator.free_count == free and [r.state for r in hv.list()] == [VMState.SHUTOFF]
+    hv.undefine("g")
+    assert hv.list() == [] and [r.state for r in hv.list(all=True)] == [VMState.UNDEFINED]
 
 
 def test_vm_parameters_are_checked():

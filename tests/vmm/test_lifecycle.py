@@ -32,17 +32,23 @@ def test_the_documented_transitions():
     assert next_state(s.RUNNING, "pause") is s.PAUSED
     assert next_state(s.PAUSED, "resume") is s.RUNNING
     assert next_state(s.RUNNING, "shutdown") is s.SHUTOFF
-    assert next_state(s.PAUSED, "shutdown") is s.SHUTOFF
     assert next_state(s.RUNNING, "migrate") is s.MIGRATING
     assert next_state(s.MIGRATING, "migrated") is s.RUNNING
-    assert all(next_state(state, "destroy") is s.DESTROYED
-               for state in s if state is not s.DESTROYED)
-    assert allowed_ops(s.DESTROYED) == []
+    # destroy is a forced power-off: the VM stays defined [VIRSH]
+    assert all(next_state(state, "destroy") is s.SHUTOFF
+               for state in (s.RUNNING, s.PAUSED, s.CRASHED))
+    # undefine removes the definition of a VM that is not running
+    assert all(next_state(state, "undefine") is s.UNDEFINED for state in (s.DEFINED, s.SHUTOFF))
+    # paused and inactive VMs migrate too, and keep their state
+    assert all(next_state(state, "migrate") is state
+               for state in (s.PAUSED, s.SHUTOFF, s.DEFINED))
+    assert allowed_ops(s.UNDEFINED) == []
 
 
 @pytest.mark.parametrize(("state", "op"), [
     (VMState.DEFINED, "pause"), (VMState.PAUSED, "pause"), (VMState.RUNNING, "resume"),
-    (VMState.SHUTOFF, "migrate"), (VMState.DESTROYED, "start"), (VMState.DESTROYED, "destroy"),
+    (VMState.PAUSED, "shutdown"), (VMState.UNDEFINED, "start"), (VMState.SHUTOFF, "destroy"),
+    (VMState.RUNNING, "undefine"), (VMState.PAUSED, "undefine"), (VMState.CRASHED, "migrate"),
     (VMState.MIGRATING, "pause"), (VMState.RUNNING, "reboot"),
 ])
 def test_illegal_transitions_raise_naming_state_and_operation(state, op):
@@ -97,16 +103,16 @@ def test_random_operation_sequences_never_reach_an_undefined_state(ops):
             else:
                 assert legal, f"{op} from {before} should have raised"
                 expected = next_state(before, op)
-                if op == "migrate":
+                if op == "migrate" and before is VMState.RUNNING:
                     expected = VMState.RUNNING if not vm.finished else VMState.SHUTOFF
                 assert vm.state is expected
         for vm in (mgr.vm("a"), mgr.vm("b")):
             assert isinstance(vm.state, VMState) and vm.state is not VMState.MIGRATING
             holds_memory = vm.state in (VMState.RUNNING, VMState.PAUSED)
             assert (vm.mem is not None) == holds_memory, vm
-    # nothing leaks: after destroying everything every host has all its frames back
+    # nothing leaks: after forcing everything off every host has all its frames back
     for name in ("a", "b"):
-        if mgr.vm(name).state is not VMState.DESTROYED:
+        if mgr.vm(name).state.active:
             mgr.destroy(name)
     assert {h: mgr.host(h).allocator.free_count for h in mgr.hosts} == free
     # the log is in order and every state change in it is a legal transition
@@ -133,3 +139,40 @@ def test_manager_lists_vms_with_states_and_logs_events():
                    ("web", "pause"), ("db", "guest-halt")]
     with pytest.raises(IllegalTransition, match="cannot resume VM 'db': it is shutoff"):
         mgr.resume("db")
+
+
+def test_destroy_forces_off_but_keeps_the_definition_undefine_removes_it():
+    mgr = Manager(hosts=1)
+    vm = mgr.define("web", 2, program="loop: jmp loop")
+    mgr.start("web")
+    mgr.run(50)
+    mgr.destroy("web")
+    assert vm.state is VMState.SHUTOFF and vm.mem is None
+    mgr.start("web")                                   # still defined: it boots again
+    assert vm.state is VMState.RUNNING
+    with pytest.raises(IllegalTransition, match="cannot undefine VM 'web': it is running"):
+        mgr.undefine("web")
+    mgr.destroy("web")
+    mgr.undefine("web")
+    assert vm.state is VMState.UNDEFINED and mgr.list() == []
+    assert [e.op for e in mgr.events][-3:] == ["start", "destroy", "undefine"]
+
+
+def test_paused_and_offline_vms_migrate_and_keep_their_state():
+    mgr = Manager(hosts=2)
+    vm = mgr.define("app", 2, program=COUNTDOWN)
+    mgr.start("app")
+    mgr.run(20)
+    mgr.pause("app")
+    words = vm.memory_words()
+    r = mgr.migrate("app", "host1")
+    assert vm.state is VMState.PAUSED and vm.host.name == "host1"
+    assert r.total_pages == 2 and r.rounds == () and vm.memory_words() == words
+    assert mgr.host("host0").allocator.free_count == Manager(hosts=1).host("host0"
+                                                                          ).allocator.free_count
+    mgr.resume("app")
+    mgr.run(10_000)
+    assert vm.state is VMState.SHUTOFF              # the countdown finished on host1
+    r = mgr.migrate("app", "host0")                 # offline: only the definition moves
+    assert (r.total_pages, vm.host.name, vm.state) == (0, "host0", VMState.SHUTOFF)
+    assert "offline" in r.reason

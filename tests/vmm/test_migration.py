@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from virtcore.errors import ConfigurationError
 from virtcore.vmm import FinalState, Hypervisor, IllegalTransition, VMState, precopy
+from virtcore.vmm.migration import live_migrate
 from virtcore.vmm.vm import GuestMemory
 
 # -- the model ---------------------------------------------------------------------------------
@@ -132,14 +133,21 @@ def _reference(technique: str) -> FinalState:
     return _final(vm)
 
 
-@pytest.mark.parametrize("technique", ["trap", "hw"])
-def test_migrated_vm_ends_exactly_as_one_that_never_moved(technique):
+@pytest.mark.parametrize("dirty_log", ["write-protect", "d-bit"])
+@pytest.mark.parametrize("technique", ["trap", "bt", "hw"])
+def test_migrated_vm_ends_exactly_as_one_that_never_moved(technique, dirty_log):
     src, dst = Hypervisor(name="src", quantum=300), Hypervisor(name="dst")
     vm = src.create("g", 4, program=WRITER, technique=technique)
     src.run(3000)
     source_frames = set(vm.p2m)
     clock_before = vm.clock
-    result = src.migrate("g", dst, bandwidth=0.02, stop_threshold=0, max_rounds=5)
+    result = src.migrate("g", dst, bandwidth=0.02, stop_threshold=0, max_rounds=5,
+                         dirty_log=dirty_log)
+    assert result.dirty_log == dirty_log
+    if dirty_log == "write-protect":  # each round's first write to each page faulted once
+        assert result.write_faults >= len(result.rounds) - 1 > 0
+    else:
+        assert result.write_faults == 0
     assert vm.host is dst and "g" in dst.vms and "g" not in src.vms
     assert vm.clock > clock_before  # the guest kept running during the pre-copy rounds
     assert result.rounds[0] == 4 and len(result.rounds) >= 2
@@ -155,12 +163,15 @@ def test_migrated_vm_ends_exactly_as_one_that_never_moved(technique):
     assert _final(vm) == _reference(technique)
 
 
-def test_migration_needs_the_dirty_log_the_check_notices_a_broken_one(monkeypatch):
-    monkeypatch.setattr(GuestMemory, "collect_dirty", lambda self: [])
+@pytest.mark.parametrize(("dirty_log", "method"), [("d-bit", "collect_dirty"),
+                                                    ("write-protect", "collect_dirty_log")])
+def test_migration_needs_the_dirty_log_the_check_notices_a_broken_one(monkeypatch, dirty_log,
+                                                                       method):
+    monkeypatch.setattr(GuestMemory, method, lambda self: [])
     src, dst = Hypervisor(name="src", quantum=300), Hypervisor(name="dst")
     vm = src.create("g", 4, program=WRITER)
     src.run(3000)
-    result = src.migrate("g", dst, bandwidth=0.02, stop_threshold=0)
+    result = src.migrate("g", dst, bandwidth=0.02, stop_threshold=0, dirty_log=dirty_log)
     assert result.rounds == (4,) and result.converged  # "nothing dirty": stale pages moved
     dst.run(10**6)
     final = _final(vm)
@@ -168,15 +179,15 @@ def test_migration_needs_the_dirty_log_the_check_notices_a_broken_one(monkeypatc
     assert any("memory" in d or d.startswith("r") for d in final.diff(_reference("trap")))
 
 
-def test_only_running_vms_migrate():
+def test_only_running_vms_migrate_live_crashed_ones_not_at_all():
     src, dst = Hypervisor(name="src"), Hypervisor(name="dst")
-    src.define("g", 1, program="loop: jmp loop")
-    with pytest.raises(IllegalTransition, match="cannot migrate VM 'g': it is defined"):
-        src.migrate("g", dst)
-    src.start("g")
-    src.pause("g")
-    with pytest.raises(IllegalTransition, match="paused"):
-        src.migrate("g", dst)
-    assert src.vm("g").state is VMState.PAUSED and dst.vms == {}
+    vm = src.define("g", 1, program="loop: jmp loop")
+    with pytest.raises(IllegalTransition, match="cannot live-migrate VM 'g': it is defined"):
+        live_migrate(src, vm, dst)
+    src.create("bad", 1, program="movi r1, 1\nwrcr cr3, r1\nudf: .word 0xee000000")
+    src.run(100)
+    assert src.vm("bad").state is VMState.CRASHED
+    with pytest.raises(IllegalTransition, match="cannot migrate VM 'bad': it is crashed"):
+        src.migrate("bad", dst)
     with pytest.raises(ConfigurationError):
         src.migrate("g", src)

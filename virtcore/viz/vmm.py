@@ -128,9 +128,9 @@ LIFECYCLE_POSITIONS: dict[VMState, tuple[float, float]] = {
     VMState.RUNNING: (2.3, 0.0),
     VMState.PAUSED: (4.7, 0.0),
     VMState.MIGRATING: (2.3, 1.4),
-    VMState.CRASHED: (0.3, -1.4),
+    VMState.CRASHED: (4.7, -1.4),
     VMState.SHUTOFF: (2.3, -1.4),
-    VMState.DESTROYED: (5.7, 1.4),
+    VMState.UNDEFINED: (0.0, -1.4),
 }
 
 
@@ -151,12 +151,14 @@ def lifecycle_graph() -> Any:
     Examples
     --------
     >>> g = lifecycle_graph()
-    >>> g.number_of_nodes(), g.edges[VMState.RUNNING, VMState.SHUTOFF]["ops"]
-    (7, ('guest-halt', 'shutdown'))
-    >>> sorted(s.value for s in g.predecessors(VMState.DESTROYED))
-    ['crashed', 'defined', 'migrating', 'paused', 'running', 'shutoff']
-    >>> g.out_degree(VMState.DESTROYED)
-    0
+    >>> g.number_of_nodes()
+    7
+    >>> g.edges[VMState.RUNNING, VMState.SHUTOFF]["ops"]
+    ('destroy', 'guest-halt', 'shutdown')
+    >>> sorted(s.value for s in g.predecessors(VMState.UNDEFINED))
+    ['defined', 'shutoff']
+    >>> g.out_degree(VMState.UNDEFINED), g.has_edge(VMState.PAUSED, VMState.PAUSED)
+    (0, True)
     """
     nx = require("networkx")
     from virtcore.vmm.lifecycle import MANAGEMENT_OPS
@@ -174,7 +176,7 @@ def lifecycle_graph() -> Any:
 _STATE_COLOURS = {
     VMState.DEFINED: "#e0e0e0", VMState.RUNNING: "#c8e6c9", VMState.PAUSED: "#fff9c4",
     VMState.MIGRATING: "#bbdefb", VMState.SHUTOFF: "#d7ccc8", VMState.CRASHED: "#ffcdd2",
-    VMState.DESTROYED: "#9e9e9e",
+    VMState.UNDEFINED: "#9e9e9e",
 }
 
 
@@ -183,8 +185,9 @@ def draw_lifecycle(current_state: VMState | str | None = None, ax: Any = None, *
     """Draw the lifecycle state machine, the current state highlighted.
 
     Management operations are black arrows; the VMM's own transitions
-    (``guest-halt``, ``guest-crash``, ``migrated``) are blue; ``destroy``,
-    legal from every state but DESTROYED, is drawn as thin dashed arcs.
+    (``guest-halt``, ``guest-crash``, ``migrated``) are blue; an operation
+    that keeps the state (``migrate`` of a paused or inactive VM: it moves to
+    another host) is written beside the state.
 
     Parameters
     ----------
@@ -210,26 +213,20 @@ def draw_lifecycle(current_state: VMState | str | None = None, ax: Any = None, *
     g = lifecycle_graph()
     ax = _new_axes(ax, (7.5, 3.6))
     pos = LIFECYCLE_POSITIONS
-    labelled_destroy = False
     for old, new, data in g.edges(data=True):
         (x0, y0), (x1, y1) = pos[old], pos[new]
-        destroy = data["ops"] == ("destroy",)
-        rad = -0.12 if destroy else (0.3 if g.has_edge(new, old) else 0.12)
-        colour = "#bdbdbd" if destroy else ("#1565c0" if data["kind"] == "guest" else "#212121")
+        colour = "#1565c0" if data["kind"] == "guest" else "#212121"
+        if old is new:  # the VM keeps its state (and moves host)
+            ax.text(x0, y0 - 0.36, "↻ " + " / ".join(data["ops"]), fontsize=7, color=colour,
+                    ha="center", va="top", zorder=2)
+            continue
+        rad = 0.3 if g.has_edge(new, old) else 0.12
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=1,
-                    arrowprops={"arrowstyle": "-|>", "color": colour,
-                                "linestyle": "--" if destroy else "-",
-                                "linewidth": 0.8 if destroy else 1.3,
-                                "connectionstyle": f"arc3,rad={rad}",
+                    arrowprops={"arrowstyle": "-|>", "color": colour, "linestyle": "-",
+                                "linewidth": 1.3, "connectionstyle": f"arc3,rad={rad}",
                                 "shrinkA": 17, "shrinkB": 17})
         align = {"ha": "center", "va": "center"}
-        if destroy:
-            if labelled_destroy:
-                continue
-            labelled_destroy = True
-            text = "destroy (from every state)"
-            lx, ly = pos[VMState.DESTROYED][0], pos[VMState.DESTROYED][1] - 0.42
-        else:
+        if True:
             text = "\n".join(data["ops"])
             # a point of the arc: arc3 is the quadratic Bézier with control point
             # mid + rad · (dy, −dx); single edges are labelled nearer their target
@@ -322,7 +319,7 @@ class LifecycleConsole:
     """
 
     OPS: tuple[str, ...] = ("define", "start", "pause", "resume", "shutdown", "destroy",
-                            "migrate")
+                            "undefine", "migrate")
 
     def __init__(self, target: Manager | Hypervisor | None = None, *, vm: str = "web",
                  memory_pages: int = 4, program: str | Program = DEMO_GUEST,
@@ -355,7 +352,7 @@ class LifecycleConsole:
     def _find(self) -> Hypervisor | None:
         for h in self.hosts:
             vm = h.vms.get(self.name)
-            if vm is not None and vm.state is not VMState.DESTROYED:
+            if vm is not None and vm.state is not VMState.UNDEFINED:
                 return h
         for h in self.hosts:
             if self.name in h.vms:
@@ -377,7 +374,7 @@ class LifecycleConsole:
     def allowed(self) -> list[str]:
         """The management operations legal now (``define`` when there is no live VM)."""
         state = self.state
-        if state is None or state is VMState.DESTROYED:
+        if state is None or state is VMState.UNDEFINED:
             return ["define"]
         return allowed_ops(state)
 
@@ -398,10 +395,11 @@ class LifecycleConsole:
                 raise ViewError("migrate needs a second host: give the panel a Manager with "
                                 "two hosts")
             result = source.migrate(name, others[0])
+            how = (f"rounds {list(result.rounds)} + {result.stop_and_copy_pages} stop-and-copy,"
+                   f" downtime {result.downtime_ticks} ticks" if result.rounds
+                   else result.reason)
             return (f"migrate: {old.value if old else '?'} → {self.state.value}"  # type: ignore[union-attr]
-                    f" ({result.source} → {result.target}, rounds {list(result.rounds)}"
-                    f" + {result.stop_and_copy_pages} stop-and-copy,"
-                    f" downtime {result.downtime_ticks} ticks)")
+                    f" ({result.source} → {result.target}, {how})")
         getattr(target, op)(name)
         return f"{op}: {old.value if old else '?'} → {self.state.value}"  # type: ignore[union-attr]
 
@@ -480,9 +478,9 @@ def lifecycle_panel(target: Manager | Hypervisor | None = None, *, vm: str = "we
     >>> p.buttons["define"].click(); p.buttons["start"].click(); p.buttons["pause"].click()
     >>> p.console.state.value, "paused" in p.vm_list.value
     ('paused', True)
-    >>> p.buttons["migrate"].click()
+    >>> p.buttons["resume"].click(); p.buttons["resume"].click()
     >>> "IllegalTransition" in p.message.value, p.console.state.value
-    (True, 'paused')
+    (True, 'running')
     """
     widgets = require("ipywidgets")
     console = LifecycleConsole(target, vm=vm, **options)

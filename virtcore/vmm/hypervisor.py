@@ -212,7 +212,7 @@ class Hypervisor:
         self._on_cpu: VCPU | None = None
 
     def __repr__(self) -> str:
-        live = sum(1 for vm in self.vms.values() if vm.state is not VMState.DESTROYED)
+        live = sum(1 for vm in self.vms.values() if vm.state is not VMState.UNDEFINED)
         return (f"Hypervisor({self.name}: {live} VMs, {self.allocator.free_count} free frames,"
                 f" clock {self.clock})")
 
@@ -230,7 +230,7 @@ class Hypervisor:
                 raise ConfigurationError("define(name, memory_pages, ...) needs memory_pages")
             vm = VM(vm, memory_pages, vcpus, **options)  # type: ignore[arg-type]
         old = self.vms.get(vm.name)
-        if old is not None and old.state is not VMState.DESTROYED:
+        if old is not None and old.state is not VMState.UNDEFINED:
             raise ConfigurationError(f"a VM named {vm.name!r} already exists on {self.name}")
         if vm.host is not None and vm.host is not self:
             raise ConfigurationError(f"VM {vm.name!r} belongs to host {vm.host.name}")
@@ -291,26 +291,44 @@ class Hypervisor:
         return vm
 
     def destroy(self, name: str) -> VM:
-        """Tear the VM down at once (``xl destroy``: "ripping the power cord out")."""
+        """Force the VM off at once (``virsh destroy``, ``xl destroy``: no chance for the guest
+        to react) [VIRSH, XL-1].
+
+        Its memory goes back to the host (the last image is kept for
+        inspection); the VM stays *defined* (SHUTOFF) and can be started
+        again.  Removing the definition is :meth:`undefine`.
+        """
         vm = self.vm(name)
         self._transition(vm, "destroy")
         self._release(vm, keep_image=True)
         return vm
 
-    def migrate(self, name: str, target: Hypervisor, **options: object) -> MigrationResult:
-        """Live-migrate a running VM to ``target`` by pre-copy.
+    def undefine(self, name: str) -> VM:
+        """Remove the definition of a VM that is not running (``virsh undefine``) [VIRSH].
 
-        See :func:`~virtcore.vmm.migration.live_migrate` for the options.
+        >>> hv = Hypervisor(); _ = hv.define("tmp", 1); hv.undefine("tmp").state.value
+        'undefined'
         """
-        from virtcore.vmm.migration import live_migrate
+        vm = self.vm(name)
+        self._transition(vm, "undefine")
+        return vm
 
-        return live_migrate(self, self.vm(name), target, **options)  # type: ignore[arg-type]
+    def migrate(self, name: str, target: Hypervisor, **options: object) -> MigrationResult:
+        """Move a VM to ``target``: live if it runs, paused if paused, offline if inactive.
+
+        See :func:`~virtcore.vmm.migration.migrate` (and
+        :func:`~virtcore.vmm.migration.live_migrate` for the options of a live
+        migration).
+        """
+        from virtcore.vmm.migration import migrate
+
+        return migrate(self, self.vm(name), target, **options)
 
     def list(self, *, all: bool = False) -> list[VMInfo]:
-        """One :class:`VMInfo` per VM (destroyed ones only with ``all=True``)."""
+        """One :class:`VMInfo` per VM (undefined ones only with ``all=True``)."""
         return [VMInfo(vm.name, self.name, vm.state, vm.memory_pages, len(vm.vcpus),
                        vm.technique.value, vm.clock)
-                for vm in self.vms.values() if all or vm.state is not VMState.DESTROYED]
+                for vm in self.vms.values() if all or vm.state is not VMState.UNDEFINED]
 
     def table(self) -> str:
         """:meth:`list` as an ``xl list``-like table."""
@@ -616,7 +634,12 @@ class Hypervisor:
             if reason in _INSTRUCTION_EXITS:
                 self._dispatch(vcpu, self._fetch(vcpu, event.pc, hw))
             elif reason is ExitReason.EPT_VIOLATION:
-                vm.violation(vcpu, int(event.qualification["gpa"]))  # type: ignore[call-overload]
+                gpa = int(event.qualification["gpa"])  # type: ignore[call-overload]
+                if vm.mem is not None and vm.mem.log_write_fault(gpa):
+                    self.cpu.flush_tlb()  # the retried write must see the writable entry
+                    vm.clock -= 1  # the write did not complete: it runs again
+                else:
+                    vm.violation(vcpu, gpa)
             elif reason is ExitReason.EXCEPTION_NMI:
                 stats.reflected += 1
                 vector = int(event.qualification["vector"])  # type: ignore[call-overload]
@@ -640,6 +663,10 @@ class Hypervisor:
             self._dispatch(vcpu, self._fetch(vcpu, trap.pc, hw))
         elif cause is TrapCause.PAGE_FAULT:
             address = trap.address if trap.address is not None else trap.pc
+            if vm.mem is not None and vm.contains(address) and vm.mem.log_write_fault(address):
+                self.cpu.flush_tlb()  # dirty logging: the page is writable again; retry
+                vm.clock -= 1  # the write did not complete: it runs again (its tick then)
+                return
             if vm.contains(address):
                 raise VMMError(f"{trap}: the relocation map of {vm.name!r} is broken")
             vm.violation(vcpu, address)
@@ -773,12 +800,12 @@ class Manager:
     >>> _ = mgr.start("web"); _ = mgr.pause("web")
     >>> [(i.name, i.host, i.state.value) for i in mgr.list()]
     [('web', 'host0', 'paused')]
-    >>> mgr.migrate("web", "host1")
-    Traceback (most recent call last):
-    ...
-    virtcore.vmm.lifecycle.IllegalTransition: cannot migrate VM 'web': it is paused (allowed: ...)
+    >>> mgr.migrate("web", "host1").reason
+    'paused: all 2 pages copied while the VM did not run; it stays paused on host1'
+    >>> [(i.name, i.host, i.state.value) for i in mgr.list()]
+    [('web', 'host1', 'paused')]
     >>> [e.op for e in mgr.events]
-    ['define', 'start', 'pause']
+    ['define', 'start', 'pause', 'migrate']
     """
 
     def __init__(self, hosts: int | Iterable[Hypervisor] = 1, **host_options: object) -> None:
@@ -807,7 +834,7 @@ class Manager:
         """The host a VM is on."""
         for h in self.hosts.values():
             found = h.vms.get(vm)
-            if found is not None and found.state is not VMState.DESTROYED:
+            if found is not None and found.state is not VMState.UNDEFINED:
                 return h
         for h in self.hosts.values():
             if vm in h.vms:
@@ -823,7 +850,7 @@ class Manager:
         """Define a VM on ``host`` (default: the host with the most free frames)."""
         for h in self.hosts.values():
             old = h.vms.get(name)
-            if old is not None and old.state is not VMState.DESTROYED:
+            if old is not None and old.state is not VMState.UNDEFINED:
                 raise ConfigurationError(f"a VM named {name!r} already exists on {h.name}")
         target = (self.host(host) if host is not None
                   else max(self.hosts.values(), key=lambda h: h.allocator.free_count))
@@ -846,11 +873,15 @@ class Manager:
         return self.host_of(name).shutdown(name)
 
     def destroy(self, name: str) -> VM:
-        """Destroy a VM."""
+        """Force a VM off (it stays defined)."""
         return self.host_of(name).destroy(name)
 
+    def undefine(self, name: str) -> VM:
+        """Remove the definition of a VM that is not running."""
+        return self.host_of(name).undefine(name)
+
     def migrate(self, name: str, to: str, **options: object) -> MigrationResult:
-        """Live-migrate a running VM to host ``to``."""
+        """Move a VM to host ``to`` (live, paused or offline, by its state)."""
         source = self.host_of(name)
         return source.migrate(name, self.host(to), **options)
 

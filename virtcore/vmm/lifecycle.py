@@ -1,38 +1,59 @@
 """The VM lifecycle as a state machine, and the management event log (S2.4).
 
 A management interface (管理接口) is a small set of calls — define, start,
-pause, resume, shutdown, destroy, migrate — that a user interface (a CLI like
-Xen's ``xl``, or libvirt's ``virsh``) is built on.  Each call is a
-*transition* of one VM between states; the whole interface is one table,
+pause, resume, shutdown, destroy, undefine, migrate — that a user interface
+(a CLI like Xen's ``xl`` or libvirt's ``virsh``) is built on.  Each call is
+a *transition* of one VM between states; the whole interface is one table,
 :data:`TRANSITIONS`, and a call that is not in the table raises
 :class:`IllegalTransition`, naming the state and the operation.
 
+The words are libvirt's and ``xl``'s [VIRSH, XL-1]:
+
+- ``define`` registers a configuration (no memory, nothing runs); ``undefine``
+  removes the configuration of a VM that is not running — the VM is gone.
+- ``shutdown`` asks the guest OS to power off; ``destroy`` is a **forced
+  power-off** ("pulling the plug"): the VM stops at once, its memory goes back
+  to the host, and — in libvirt — its definition stays, so it can be started
+  again.  (``xl destroy`` kills the domain in the same way; ``xl`` keeps no
+  definitions, only the configuration file it was created from.)
+- ``migrate`` moves a VM to another host: a running VM live (pre-copy), a
+  paused VM paused (its memory copied while it does not run, and it stays
+  paused on the target), and an inactive one *offline* — only its definition
+  moves (``virsh migrate --offline --persistent``).
+
 ::
 
-                 start                pause
-     DEFINED ──────────────▶ RUNNING ◀──────▶ PAUSED
-                    ▲          │  ▲    resume    │
-              start │ shutdown │  │ migrated     │ shutdown
-                    │          ▼  │ (on target)  ▼
-               SHUTOFF ◀───────┘ MIGRATING    SHUTOFF
-               CRASHED ◀── the guest crashes (unhandled trap, killed)
+                 start                 pause
+     DEFINED ──────────────▶ RUNNING ◀───────▶ PAUSED
+        │           ▲          │  ▲    resume    │
+        │     start │ shutdown │  │ migrated     │ destroy
+        │           │ destroy  ▼  │ (on target)  ▼
+        │        SHUTOFF ◀─────┘ MIGRATING      SHUTOFF
+        │        CRASHED ◀── the guest crashes (unhandled trap, killed)
+        └──── undefine (from DEFINED or SHUTOFF) ──▶ UNDEFINED
 
-     destroy: from every state except DESTROYED → DESTROYED
+     migrate: RUNNING → MIGRATING (live); PAUSED, SHUTOFF, DEFINED stay as they are,
+              on the other host
 
 Guest-initiated changes are transitions too (``guest-halt``: the guest
 stopped for good, ``guest-crash``), so the event log shows them.  The
-``xl list`` state letters (``reference/virtualization-facts.md`` §2.4) are
-given for comparison in :attr:`VMState.xl_letter`: ``r`` running, ``p``
-paused, ``s`` shut down, ``c`` crashed, ``d`` dying.  Simplification:
-``DEFINED`` is libvirt's idea (a configuration without a running domain);
-``xl`` has no such state — ``xl create`` builds and starts at once.
+``xl list`` state letters [XL-1, XL-INFO-C] are given for comparison in
+:attr:`VMState.xl_letter`: ``r`` running, ``p`` paused, ``s`` shut down,
+``c`` crashed.  Simplifications: ``DEFINED`` is libvirt's idea (a
+configuration never started; libvirt shows it as "shut off" too); ``xl``
+has no such state — ``xl create`` builds and starts at once.  ``shutdown``
+completes at once (a real guest takes its time, and may refuse); a paused
+guest cannot act on a shutdown request, so only ``destroy`` stops it.
+Undefining a *running* VM (libvirt makes it transient) is refused here.
 
 >>> next_state(VMState.DEFINED, "start")
 <VMState.RUNNING: 'running'>
->>> next_state(VMState.PAUSED, "migrate")
+>>> next_state(VMState.RUNNING, "destroy")
+<VMState.SHUTOFF: 'shutoff'>
+>>> next_state(VMState.RUNNING, "undefine")
 Traceback (most recent call last):
 ...
-virtcore.vmm.lifecycle.IllegalTransition: cannot migrate a VM that is paused (allowed: destroy, ...)
+virtcore.vmm.lifecycle.IllegalTransition: cannot undefine a VM that is running (allowed: destroy, ...)
 """
 
 from __future__ import annotations
@@ -61,49 +82,65 @@ class VMState(enum.Enum):
     """The states a VM can be in.
 
     >>> [s.value for s in VMState]
-    ['defined', 'running', 'paused', 'shutoff', 'crashed', 'migrating', 'destroyed']
+    ['defined', 'running', 'paused', 'shutoff', 'crashed', 'migrating', 'undefined']
     """
 
-    DEFINED = "defined"  # configuration only: no memory, no vCPU running
+    DEFINED = "defined"  # configuration only: no memory, never started
     RUNNING = "running"  # eligible for scheduling on its host
-    PAUSED = "paused"  # keeps its memory, not scheduled (xl pause)
-    SHUTOFF = "shutoff"  # powered off; can be started again
+    PAUSED = "paused"  # keeps its memory, not scheduled (virsh suspend, xl pause)
+    SHUTOFF = "shutoff"  # powered off (shut down or destroyed); still defined, can start again
     CRASHED = "crashed"  # the guest died (unhandled trap, killed by the VMM)
-    MIGRATING = "migrating"  # being copied to another host (still runs during pre-copy)
-    DESTROYED = "destroyed"  # gone; no operation is legal any more
+    MIGRATING = "migrating"  # being copied live to another host (still runs during pre-copy)
+    UNDEFINED = "undefined"  # its definition removed: gone, no operation is legal any more
 
     @property
     def xl_letter(self) -> str:
-        """The nearest ``xl list`` state letter (r b p s c d), or ``-``.
+        """The nearest ``xl list`` state letter (r b p s c), or ``-`` [XL-1].
 
         >>> VMState.PAUSED.xl_letter, VMState.DEFINED.xl_letter
         ('p', '-')
         """
         return {"running": "r", "migrating": "r", "paused": "p", "shutoff": "s",
-                "crashed": "c", "destroyed": "d"}.get(self.value, "-")
+                "crashed": "c"}.get(self.value, "-")
+
+    @property
+    def active(self) -> bool:
+        """True while the VM holds memory on a host (running, paused, migrating).
+
+        >>> VMState.PAUSED.active, VMState.SHUTOFF.active
+        (True, False)
+        """
+        return self in (VMState.RUNNING, VMState.PAUSED, VMState.MIGRATING)
 
 
 S = VMState
 
 #: Operations a management tool may call.
-MANAGEMENT_OPS: tuple[str, ...] = ("start", "pause", "resume", "shutdown", "destroy", "migrate")
+MANAGEMENT_OPS: tuple[str, ...] = ("start", "pause", "resume", "shutdown", "destroy", "undefine",
+                                   "migrate")
 #: Transitions the VMM makes itself (the guest halted or crashed; a migration finished).
 GUEST_OPS: tuple[str, ...] = ("guest-halt", "guest-crash", "migrated")
 
 #: The whole state machine: (state, operation) → new state.  Anything else is illegal.
 TRANSITIONS: dict[tuple[VMState, str], VMState] = {
     (S.DEFINED, "start"): S.RUNNING,
+    (S.SHUTOFF, "start"): S.RUNNING,
+    (S.CRASHED, "start"): S.RUNNING,
     (S.RUNNING, "pause"): S.PAUSED,
     (S.PAUSED, "resume"): S.RUNNING,
     (S.RUNNING, "shutdown"): S.SHUTOFF,
-    (S.PAUSED, "shutdown"): S.SHUTOFF,
+    (S.RUNNING, "destroy"): S.SHUTOFF,
+    (S.PAUSED, "destroy"): S.SHUTOFF,
+    (S.CRASHED, "destroy"): S.SHUTOFF,
+    (S.DEFINED, "undefine"): S.UNDEFINED,
+    (S.SHUTOFF, "undefine"): S.UNDEFINED,
     (S.RUNNING, "migrate"): S.MIGRATING,
     (S.MIGRATING, "migrated"): S.RUNNING,
+    (S.PAUSED, "migrate"): S.PAUSED,
+    (S.SHUTOFF, "migrate"): S.SHUTOFF,
+    (S.DEFINED, "migrate"): S.DEFINED,
     (S.RUNNING, "guest-halt"): S.SHUTOFF,
     (S.RUNNING, "guest-crash"): S.CRASHED,
-    (S.SHUTOFF, "start"): S.RUNNING,
-    (S.CRASHED, "start"): S.RUNNING,
-    **{(state, "destroy"): S.DESTROYED for state in S if state is not S.DESTROYED},
 }
 
 
@@ -117,9 +154,9 @@ class IllegalTransition(VirtcoreError):  # noqa: N818 - the name the course uses
     vm : str
         The VM's name ("" when not known).
 
-    >>> err = IllegalTransition(VMState.DESTROYED, "start", vm="web")
+    >>> err = IllegalTransition(VMState.UNDEFINED, "start", vm="web")
     >>> err.state.name, err.op, str(err)
-    ('DESTROYED', 'start', "cannot start VM 'web': it is destroyed (no operation is allowed)")
+    ('UNDEFINED', 'start', "cannot start VM 'web': it is undefined (no operation is allowed)")
     """
 
     def __init__(self, state: VMState, op: str, *, vm: str = "") -> None:
@@ -137,6 +174,8 @@ def allowed_ops(state: VMState, *, include_guest: bool = False) -> list[str]:
 
     >>> allowed_ops(VMState.RUNNING)
     ['destroy', 'migrate', 'pause', 'shutdown']
+    >>> allowed_ops(VMState.SHUTOFF)
+    ['migrate', 'start', 'undefine']
     """
     ops = MANAGEMENT_OPS + (GUEST_OPS if include_guest else ())
     return sorted(op for op in ops if (state, op) in TRANSITIONS)

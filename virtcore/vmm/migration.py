@@ -1,6 +1,6 @@
 """Live migration by pre-copy (预拷贝): copy memory while the guest runs, then stop and copy.
 
-Clark et al., "Live Migration of Virtual Machines" (NSDI 2005; facts §2.4):
+Clark et al., "Live Migration of Virtual Machines" [CLARK05]:
 round 0 copies every page while the VM keeps running; each later round
 copies the pages the guest dirtied during the previous round; when few
 enough remain (or after too many rounds) the VM is paused, the last dirty
@@ -19,9 +19,21 @@ Two forms here:
   model stops after ``max_rounds`` with ``converged=False`` instead of
   looping.
 - :func:`live_migrate` — a real migration of a running VM between two
-  :class:`~virtcore.vmm.Hypervisor` hosts of the simulation, with the dirty
-  log read from the D bits of the VM's relocation map / EPT (plus the pages
-  the VMM wrote itself).  The guest keeps running during the rounds.
+  :class:`~virtcore.vmm.Hypervisor` hosts of the simulation.  The dirty log
+  is kept the classic way by default: every page of the guest is
+  write-protected in the VMM's table, the guest's first write to a page
+  faults into the VMM, which logs the page and makes it writable again; each
+  round reads and clears the log and protects the logged pages again —
+  Xen's log-dirty mode (``XEN_DOMCTL_SHADOW_OP_ENABLE_LOGDIRTY``,
+  ``..._CLEAN``) and KVM's ``KVM_MEM_LOG_DIRTY_PAGES`` with
+  ``KVM_GET_DIRTY_LOG`` [XEN-DOMCTL, KVM-API, KVM-H].  The result counts those
+  write faults.  ``dirty_log="d-bit"`` reads the dirty bits of the VMM's
+  table instead, the later hardware method (EPT dirty flags, Page-Modification
+  Logging [SDM]).  The guest keeps running during the rounds.
+- :func:`migrate` — what the management call does with each state: live
+  pre-copy for a running VM; a paused VM is copied as it is and stays paused
+  on the target; an inactive one (defined or shut off) moves only its
+  definition (``virsh migrate --offline --persistent``) [VIRSH].
 
 >>> r = precopy(memory_pages=1000, dirty_rate=100, bandwidth=1000, stop_threshold=5, seed=1)
 >>> r.converged, [x.pages_sent for x in r.rounds], r.stop_and_copy_pages
@@ -36,15 +48,16 @@ from typing import TYPE_CHECKING
 
 from virtcore.errors import ConfigurationError
 from virtcore.rng import make_rng
-from virtcore.vmm.lifecycle import VMState, next_state
+from virtcore.vmm.lifecycle import IllegalTransition, VMState, next_state
 
 if TYPE_CHECKING:
     import random
 
     from virtcore.vmm.hypervisor import Hypervisor
-    from virtcore.vmm.vm import VM
+    from virtcore.vmm.vm import VM, GuestMemory
 
-__all__ = ["MigrationResult", "PrecopyResult", "PrecopyRound", "live_migrate", "precopy"]
+__all__ = ["MigrationResult", "PrecopyResult", "PrecopyRound", "live_migrate", "migrate",
+           "precopy"]
 
 
 @dataclass(frozen=True)
@@ -244,6 +257,8 @@ class MigrationResult:
     downtime_ticks: int
     converged: bool
     reason: str
+    write_faults: int = 0  # classic dirty logging: first writes trapped by write protection
+    dirty_log: str = "write-protect"
 
     def __repr__(self) -> str:
         return (f"MigrationResult({self.vm}: {self.source} -> {self.target},"
@@ -252,17 +267,89 @@ class MigrationResult:
                 f" {self.total_ticks} ticks, downtime {self.downtime_ticks})")
 
 
+def migrate(source: Hypervisor, vm: VM, target: Hypervisor, **options: object
+            ) -> MigrationResult:
+    """Move ``vm`` from ``source`` to ``target`` the way its state allows [VIRSH].
+
+    RUNNING: live, by pre-copy (:func:`live_migrate`, which takes the
+    options; other migrations ignore them).  PAUSED: every page copied while the VM does not run; it stays
+    paused on the target.  DEFINED or SHUTOFF: offline — only the definition
+    moves.  Any other state raises :class:`IllegalTransition`.
+
+    >>> from virtcore.vmm import Hypervisor
+    >>> a, b = Hypervisor(name="a"), Hypervisor(name="b")
+    >>> _ = a.define("cold", 2)
+    >>> r = a.migrate("cold", b)
+    >>> r.total_pages, r.reason, "cold" in b.vms
+    (0, 'offline: the VM is defined; only its definition moved to b', True)
+    """
+    _check_hosts(source, vm, target)
+    state = vm.state
+    if state is VMState.RUNNING:
+        return live_migrate(source, vm, target, **options)  # type: ignore[arg-type]
+    next_state(state, "migrate", vm=vm.name)  # IllegalTransition for other states
+    pages = 0
+    if state is VMState.PAUSED:
+        assert vm.mem is not None
+        new_mem = target.build_memory(vm)
+        old_mem = vm.mem
+        for page in range(vm.memory_pages):
+            _copy_page(old_mem, new_mem, page)
+        pages = vm.memory_pages
+        source.free_memory(old_mem)
+        vm.mem = None
+        if source._on_cpu is not None and source._on_cpu.vm is vm:
+            source._on_cpu = None
+    source._transition(vm, "migrate", detail=f"to {target.name} ({state.value})")
+    del source.vms[vm.name]
+    vm.host = target
+    target.vms[vm.name] = vm
+    if state is VMState.PAUSED:
+        target.attach_memory(vm, new_mem)
+        reason = (f"paused: all {pages} pages copied while the VM did not run;"
+                  f" it stays paused on {target.name}")
+    else:
+        reason = f"offline: the VM is {state.value}; only its definition moved to {target.name}"
+    return MigrationResult(vm.name, source.name, target.name, (), pages, pages, 0, 0, True,
+                           reason, 0, "none")
+
+
+def _check_hosts(source: Hypervisor, vm: VM, target: Hypervisor) -> None:
+    from virtcore.vmm.hypervisor import Hypervisor as _Hypervisor
+
+    if not isinstance(target, _Hypervisor) or target is source:
+        raise ConfigurationError("migrate to another Hypervisor")
+    if vm.host is not source:
+        raise ConfigurationError(f"VM {vm.name!r} is not on host {source.name}")
+    if target.memory.frame_size != source.memory.frame_size:
+        raise ConfigurationError("source and target hosts must use the same page size")
+    other = target.vms.get(vm.name)
+    if other is not None and other.state is not VMState.UNDEFINED:
+        raise ConfigurationError(f"host {target.name} already has a VM named {vm.name!r}")
+
+
+def _copy_page(old_mem: GuestMemory, new_mem: GuestMemory, page: int) -> None:
+    shift = old_mem.page_bits
+    src = (old_mem.p2m[page] << shift) >> 2
+    words = old_mem.memory.words[src:src + (1 << (shift - 2))]
+    new_mem.memory.load_words(new_mem.p2m[page] << shift, words)
+
+
 def live_migrate(source: Hypervisor, vm: VM, target: Hypervisor, *, bandwidth: float = 0.05,
-                 stop_threshold: int = 1, max_rounds: int = 8) -> MigrationResult:
+                 stop_threshold: int = 1, max_rounds: int = 8,
+                 dirty_log: str = "write-protect") -> MigrationResult:
     """Move a running VM from ``source`` to ``target`` by pre-copy, while it keeps running.
 
     1. ``migrate``: the VM enters MIGRATING (it is still scheduled); the
        target allocates frames and builds the VM's map.
-    2. Round 0 copies every page; each later round copies the pages whose D
-       bit (in the VM's relocation map or EPT) was set since the previous
-       read — read-and-clear, then a TLB flush so the next write sets it
-       again.  Copying one page takes ``1/bandwidth`` host ticks, during
-       which the source host keeps running its VMs (this one included).
+    2. Dirty logging starts: every guest page is write-protected in the
+       VMM's table (relocation map or EPT), so the guest's first write to a
+       page faults into the VMM, which logs it and lets the write go on
+       (``result.write_faults`` counts these).  Round 0 copies every page;
+       each later round copies the pages logged since the previous read —
+       read-and-clear, protecting them again, then a TLB flush.  Copying
+       one page takes ``1/bandwidth`` host ticks, during which the source
+       host keeps running its VMs (this one included).
     3. When at most ``stop_threshold`` pages are dirty, or after
        ``max_rounds`` rounds: stop-and-copy — the VM does not run while
        the last dirty pages, its vCPU and device state move; the source
@@ -276,6 +363,9 @@ def live_migrate(source: Hypervisor, vm: VM, target: Hypervisor, *, bandwidth: f
     bandwidth : float
         Pages copied per host tick (0.05 = one page per 20 ticks).
     stop_threshold, max_rounds : int
+    dirty_log : {"write-protect", "d-bit"}
+        The classic write-protection log (default), or the dirty bits of
+        the VMM's table.
 
     Returns
     -------
@@ -290,21 +380,15 @@ def live_migrate(source: Hypervisor, vm: VM, target: Hypervisor, *, bandwidth: f
     >>> r.converged, vm.host is b, "web" in a.vms, vm.state.name
     (True, True, False, 'RUNNING')
     """
-    from virtcore.vmm.hypervisor import Hypervisor as _Hypervisor
-
-    if not isinstance(target, _Hypervisor) or target is source:
-        raise ConfigurationError("migrate to another Hypervisor")
-    if vm.host is not source:
-        raise ConfigurationError(f"VM {vm.name!r} is not on host {source.name}")
+    _check_hosts(source, vm, target)
     if bandwidth <= 0:
         raise ConfigurationError(f"bandwidth must be > 0 pages per tick, not {bandwidth!r}")
     if max_rounds < 1 or stop_threshold < 0:
         raise ConfigurationError("need max_rounds >= 1 and stop_threshold >= 0")
-    if target.memory.frame_size != source.memory.frame_size:
-        raise ConfigurationError("source and target hosts must use the same page size")
-    other = target.vms.get(vm.name)
-    if other is not None and other.state is not VMState.DESTROYED:
-        raise ConfigurationError(f"host {target.name} already has a VM named {vm.name!r}")
+    if dirty_log not in ("write-protect", "d-bit"):
+        raise ConfigurationError(f"dirty_log is 'write-protect' or 'd-bit', not {dirty_log!r}")
+    if vm.state is not VMState.RUNNING:
+        raise IllegalTransition(vm.state, "live-migrate", vm=vm.name)
     next_state(vm.state, "migrate", vm=vm.name)  # raises IllegalTransition when not RUNNING
     assert vm.mem is not None
     new_mem = target.build_memory(vm)  # before the state changes: may raise VMMError
@@ -315,10 +399,7 @@ def live_migrate(source: Hypervisor, vm: VM, target: Hypervisor, *, bandwidth: f
     credit = 0.0
 
     def copy(page: int) -> None:
-        shift = old_mem.page_bits
-        src = (old_mem.p2m[page] << shift) >> 2
-        words = old_mem.memory.words[src:src + (1 << (shift - 2))]
-        new_mem.memory.load_words(new_mem.p2m[page] << shift, words)
+        _copy_page(old_mem, new_mem, page)
 
     def run_for(duration: float) -> None:
         nonlocal ticks, credit
@@ -329,11 +410,15 @@ def live_migrate(source: Hypervisor, vm: VM, target: Hypervisor, *, bandwidth: f
             credit -= whole
             source.run(whole)
 
+    classic = dirty_log == "write-protect"
+
     def read_dirty() -> list[int]:
-        pages = old_mem.collect_dirty()
-        source.cpu.flush_tlb()  # cached translations may still allow writes without setting D
+        pages = old_mem.collect_dirty_log() if classic else old_mem.collect_dirty()
+        source.cpu.flush_tlb()  # cached translations may still allow writes unlogged
         return pages
 
+    if classic:
+        old_mem.start_log_dirty()
     read_dirty()  # start a fresh dirty log
     pending = list(range(vm.memory_pages))
     rounds: list[int] = []
@@ -352,6 +437,9 @@ def live_migrate(source: Hypervisor, vm: VM, target: Hypervisor, *, bandwidth: f
     # stop-and-copy: the VM does not run from here on
     for page in pending:
         copy(page)
+    write_faults = old_mem.write_faults
+    if classic:
+        old_mem.stop_log_dirty()
     downtime = len(pending) * per_page
     ticks += downtime
     source.free_memory(old_mem)
@@ -373,4 +461,4 @@ def live_migrate(source: Hypervisor, vm: VM, target: Hypervisor, *, bandwidth: f
                   f" pages dirty (threshold {stop_threshold}); stopped and copied them")
     return MigrationResult(vm.name, source.name, target.name, tuple(rounds), len(pending),
                            sum(rounds) + len(pending), math.ceil(ticks), math.ceil(downtime),
-                           converged, reason)
+                           converged, reason, write_faults, dirty_log)

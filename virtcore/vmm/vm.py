@@ -60,7 +60,7 @@ from virtcore.hw.isa import (
     NUM_REGS,
     SP,
 )
-from virtcore.hw.paging import MMU, PTE_D
+from virtcore.hw.paging import MMU, PTE_D, PTE_W
 from virtcore.vmm.bt import TranslationCache
 from virtcore.vmm.handlers import Action, HandlerTable
 from virtcore.vmm.lifecycle import VMState
@@ -233,16 +233,82 @@ class GuestMemory:
     leaf_entries: list[int]
     page_bits: int
     soft_dirty: set[int] = field(default_factory=set)  # pages the VMM itself wrote
+    log_dirty: bool = False  # write-protection dirty logging on (live migration)
+    dirty_bitmap: set[int] = field(default_factory=set)  # pages written since the last collect
+    write_faults: int = 0  # first writes to write-protected pages the VMM logged
 
     def hpa(self, gpa: int) -> int:
         """The host-physical address of guest-physical ``gpa`` (must be inside the guest)."""
         return (self.p2m[gpa >> self.page_bits] << self.page_bits) | (
             gpa & ((1 << self.page_bits) - 1))
 
+    def start_log_dirty(self) -> None:
+        """Turn on classic dirty logging: write-protect every page of the guest.
+
+        The guest's next write to each page faults into the VMM, which logs
+        the page in :attr:`dirty_bitmap` and makes it writable again
+        (:meth:`log_write_fault`) — Xen's log-dirty mode and KVM's
+        ``KVM_MEM_LOG_DIRTY_PAGES`` do this [KVM-API, KVM-H, XEN-DOMCTL].  The
+        caller must flush the TLBs that may still hold writable translations.
+        """
+        self.log_dirty = True
+        self.dirty_bitmap.clear()
+        self.write_faults = 0
+        self._protect(range(len(self.leaf_entries)))
+
+    def stop_log_dirty(self) -> None:
+        """Turn dirty logging off and make every page writable again."""
+        self.log_dirty = False
+        mem = self.memory
+        for entry in self.leaf_entries:
+            mem.write_word(entry, mem.words[entry >> 2] | PTE_W)
+
+    def _protect(self, pages: Iterable[int]) -> None:
+        mem = self.memory
+        for page in pages:
+            entry = self.leaf_entries[page]
+            mem.write_word(entry, mem.words[entry >> 2] & ~(PTE_W | PTE_D))
+
+    def log_write_fault(self, gpa: int) -> bool:
+        """A write fault at guest-physical ``gpa``: log it if dirty logging caused it.
+
+        Returns True when the page was write-protected for logging: it is
+        now in :attr:`dirty_bitmap` and writable again, and the guest should
+        retry the write (the caller flushes the stale TLB entry).  False for
+        any other fault.
+        """
+        page = gpa >> self.page_bits
+        if not self.log_dirty or not 0 <= page < len(self.leaf_entries):
+            return False
+        entry = self.leaf_entries[page]
+        pte = self.memory.words[entry >> 2]
+        if pte & PTE_W:
+            return False
+        self.memory.write_word(entry, pte | PTE_W)
+        self.dirty_bitmap.add(page)
+        self.write_faults += 1
+        return True
+
+    def collect_dirty_log(self) -> list[int]:
+        """The pages written since the last call (``KVM_GET_DIRTY_LOG``), write-protected again.
+
+        Read-and-clear: the returned pages are protected once more, so their
+        next write is logged in the next round.  The caller flushes the TLBs.
+        """
+        dirty = self.dirty_bitmap | self.soft_dirty
+        self.dirty_bitmap = set()
+        self.soft_dirty.clear()
+        self._protect(sorted(dirty))
+        return sorted(dirty)
+
     def collect_dirty(self) -> list[int]:
         """Guest pages written since the last call (read-and-clear the D bits), sorted.
 
-        The caller must flush the TLBs that may cache the cleared entries.
+        The later method: the hardware sets the dirty (D) bit in the VMM's own
+        table (VT-x added accessed/dirty flags to EPT, and Page-Modification
+        Logging, after its first generations [SDM]); classic hypervisors
+        write-protect instead (:meth:`start_log_dirty`).  The caller must flush the TLBs that may
+        cache the cleared entries.
         """
         mem = self.memory
         words = mem.words
