@@ -272,8 +272,8 @@ def migrate(source: Hypervisor, vm: VM, target: Hypervisor, **options: object
     """Move ``vm`` from ``source`` to ``target`` the way its state allows [VIRSH].
 
     RUNNING: live, by pre-copy (:func:`live_migrate`, which takes the
-    options; other migrations ignore them).  PAUSED: every page copied while the VM does not run; it stays
-    paused on the target.  DEFINED or SHUTOFF: offline — only the definition
+    options; other migrations ignore them).  PAUSED: every page copied while
+    the VM does not run; it stays paused on the target.  DEFINED or SHUTOFF: offline — only the definition
     moves.  Any other state raises :class:`IllegalTransition`.
 
     >>> from virtcore.vmm import Hypervisor
