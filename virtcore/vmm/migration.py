@@ -273,8 +273,8 @@ def migrate(source: Hypervisor, vm: VM, target: Hypervisor, **options: object
 
     RUNNING: live, by pre-copy (:func:`live_migrate`, which takes the
     options; other migrations ignore them).  PAUSED: every page copied while
-    the VM does not run; it stays paused on the target.  DEFINED or SHUTOFF: offline — only the definition
-    moves.  Any other state raises :class:`IllegalTransition`.
+    the VM does not run; it stays paused on the target.  DEFINED or SHUTOFF:
+    offline — only the definition moves.  Any other state raises :class:`IllegalTransition`.
 
     >>> from virtcore.vmm import Hypervisor
     >>> a, b = Hypervisor(name="a"), Hypervisor(name="b")
