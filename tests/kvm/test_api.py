@@ -1,4 +1,4 @@
-"""Names and numbers of the KVM API (virtualization-facts §1.2–§1.7, §10 items 1–9)."""
+"""Names and numbers of the KVM API [KVM-H]."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_memory_region_request_and_struct() -> None:  # item 3
     assert offsets == [0, 4, 8, 16, 24]
 
 
-def test_register_requests_encode_their_struct_sizes() -> None:  # §1.2 table
+def test_register_requests_encode_their_struct_sizes() -> None:  # [KVM-H] table
     assert (ctypes.sizeof(kvm_regs), ctypes.sizeof(kvm_sregs), ctypes.sizeof(kvm_segment)) == (
         144, 312, 24)
     assert (KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS) == (
@@ -57,7 +57,7 @@ def test_register_requests_encode_their_struct_sizes() -> None:  # §1.2 table
     assert api.ioc_dir(KVM_GET_REGS) == 2 and api.ioc_dir(KVM_SET_REGS) == 1
 
 
-def test_kvm_run_layout() -> None:  # item 9 and §1.6 offsets
+def test_kvm_run_layout() -> None:  # item 9 and [KVM-H; KVM-API §5] offsets
     assert kvm_run.exit_reason.offset == 8
     assert kvm_run.u.offset == 32 and kvm_run.io.offset == 32 and kvm_run.mmio.offset == 32
     io = {f: getattr(api.kvm_run_io, f).offset + 32

@@ -1,4 +1,4 @@
-"""Errors of the model against the real module (§1.4, §1.8, §10 items 10–13).
+"""Errors of the model against the real module [KVM-API §4.35; KVM-MAIN; LOCAL].
 
 Each scenario runs on the model and, where ``/dev/kvm`` is usable, on the real KVM; both
 must give the errno measured on a real machine (x86-64, Linux 6.18).
@@ -74,10 +74,10 @@ def errno_of(fn: Callable[[], object]) -> object:
 UNKNOWN = _IO(KVMIO, 0xFF)
 
 SCENARIOS: dict[str, tuple[Callable[[Env], object], object]] = {
-    # §1.8 / item 10
+    # [KVM-MAIN; LOCAL] / item 10
     "duplicate vCPU id": (lambda e: e.vm.create_vcpu(0), "EEXIST"),
     "vCPU id 100000": (lambda e: e.vm.create_vcpu(100000), "EINVAL"),
-    # §1.4 / items 11, 12
+    # [KVM-API §4.35; KVM-MAIN] / items 11, 12
     "overlapping slot": (lambda e: e.slot(1, 0x1000, 0x1000, e.a + 0x2000), "EEXIST"),
     "misaligned guest_phys_addr": (lambda e: e.slot(1, 0x2800, 0x1000, e.a + 0x2000), "EINVAL"),
     "misaligned memory_size": (lambda e: e.slot(1, 0x3000, 0x800, e.a + 0x2000), "EINVAL"),

@@ -1,5 +1,5 @@
-"""The LWN "Using the KVM API" guest (§1.9; §10 items 14, 15) through the ioctl sequence of
-§1.3 — on the model's x86 backend and on the real KVM."""
+"""The LWN "Using the KVM API" guest [LWN15; LOCAL] through the ioctl sequence of
+[LWN15] — on the model's x86 backend and on the real KVM."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def lwn_program(backend: str) -> tuple[str, list[tuple[int, ...]]]:
     return "".join(stdout), trace
 
 
-#: the measured exit trace of §1.9
+#: the measured exit trace of [LWN15; LOCAL]
 EXPECTED = [
     (KVM_EXIT_IO, 1, 1, 0x3F8, 1, 4096, ord("4"), 0x1008),
     (KVM_EXIT_IO, 1, 1, 0x3F8, 1, 4096, ord("\n"), 0x100B),

@@ -1,6 +1,6 @@
 """End to end: guests driven through the /dev/kvm API (virtcore.kvm.api) by the QEMU-like loop.
 
-The same ioctl sequence a C VMM uses (facts §1.3): open, create the VM, a memory slot,
+The same ioctl sequence a C VMM uses [LWN15]: open, create the VM, a memory slot,
 a vCPU, registers; then :class:`virtcore.kvm.qemu.QemuVMM` loops on ``KVM_RUN`` through
 :class:`virtcore.kvm.qemu.KvmApiVcpu` and emulates the devices the guest touches.
 
@@ -21,7 +21,7 @@ from virtcore.hw.devices import NetworkCard
 from virtcore.kvm import api
 from virtcore.kvm.qemu import KvmApiVcpu, QemuRun, QemuVMM, SlotMemory
 
-#: The LWN "Using the KVM API" guest (facts §1.9, §10 item 14).
+#: The LWN "Using the KVM API" guest [LWN15; LOCAL].
 LWN_GUEST = bytes.fromhex("baf80300d80430eeb00aeef4")
 
 #: 16-bit x86: read sector 3 of the emulated ATA-like disk by DMA to 0x1800, poll STATUS,
@@ -79,7 +79,7 @@ def kvm(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 def run_x86(kvm: Any, code: bytes, *, setup: Callable[[QemuVMM, SlotMemory], None] | None = None,
             ) -> tuple[QemuRun, Any, QemuVMM]:
-    """The canonical sequence (facts §1.3) with ``code`` at 0x1000, then the QEMU-like loop."""
+    """The canonical sequence [LWN15] with ``code`` at 0x1000, then the QEMU-like loop."""
     assert kvm.api_version() == api.KVM_API_VERSION == 12
     vm = kvm.create_vm(0)
     mem = api.GuestMemory(0x1000)
@@ -102,7 +102,7 @@ def run_x86(kvm: Any, code: bytes, *, setup: Callable[[QemuVMM, SlotMemory], Non
 
 
 def test_lwn_guest_through_the_qemu_loop(kvm: Any) -> None:
-    """Check the LWN guest: '4\\n' on COM1 and the exits IO, IO, HLT (facts §10 item 15)."""
+    """Check the LWN guest: '4\\n' on COM1 and the exits IO, IO, HLT [LWN15; LOCAL]."""
     result, regs, _vmm = run_x86(kvm, LWN_GUEST)
     assert result.output == "4\n" and result.stop == "KVM_EXIT_HLT"
     assert [e.reason for e in result.trace] == ["KVM_EXIT_IO", "KVM_EXIT_IO", "KVM_EXIT_HLT"]
@@ -146,7 +146,7 @@ def test_x86_guest_drives_an_mmio_network_card(kvm: Any) -> None:
 
 
 def test_exit_numbers_agree_with_the_api() -> None:
-    """Check qemu.py's KVM_EXIT_* copies equal virtcore.kvm.api's (facts §1.7, §10 items 4-6)."""
+    """Check qemu.py's KVM_EXIT_* copies equal virtcore.kvm.api's [KVM-H]."""
     from virtcore.kvm import qemu
 
     for name in ("KVM_EXIT_IO", "KVM_EXIT_HLT", "KVM_EXIT_MMIO", "KVM_EXIT_SHUTDOWN",

@@ -1,4 +1,4 @@
-"""Guests as processes, vCPUs as threads on the host's CFS (facts §1.10; syllabus S3.2)."""
+"""Guests as processes, vCPUs as threads on the host's CFS [KVM-ORIG; QEMU-ACCEL] (S3.2)."""
 
 from __future__ import annotations
 

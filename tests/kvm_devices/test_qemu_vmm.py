@@ -298,7 +298,7 @@ def test_interrupt_suppression_shows_in_the_comparison() -> None:
 
 
 def test_virtio_one_request_per_kick_is_about_half_native() -> None:
-    """Check the calibration: virtio at batch 1 ≈ half the native IOPS (facts §5.3, Felter)."""
+    """Check the calibration: virtio at batch 1 ≈ half the native IOPS [FELTER14]."""
     cmp = compare_block_io(requests=16, batch=1)
     ratio = cmp["virtio"].requests_per_s / cmp["native"].requests_per_s
     assert 0.4 < ratio < 0.75

@@ -1,6 +1,6 @@
 """Split virtqueues: sizes and flags of the spec, chains round trip, indices wrap, suppression.
 
-Facts checked: ``reference/virtualization-facts.md`` §10 items 16–18 and §1.11.
+Facts checked: [VIRTIO-SPEC; VIRTIO-RING-H].
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from virtcore.kvm.virtio import (
     vring_need_event,
 )
 
-# ------------------------------------------------------------------ facts §10 items 16-18
+# ------------------------------------------------------------------ [VIRTIO-SPEC; VIRTIO-RING-H]
 
 
 def test_flag_values_and_descriptor_size() -> None:
-    """Check the flag constants and the 16-byte descriptor (facts §10 item 17)."""
+    """Check the flag constants and the 16-byte descriptor [VIRTIO-SPEC; VIRTIO-RING-H]."""
     assert (V.VIRTQ_DESC_F_NEXT, V.VIRTQ_DESC_F_WRITE, V.VIRTQ_DESC_F_INDIRECT) == (1, 2, 4)
     assert V.VIRTQ_AVAIL_F_NO_INTERRUPT == 1 and V.VIRTQ_USED_F_NO_NOTIFY == 1
     assert (V.VIRTIO_F_INDIRECT_DESC, V.VIRTIO_F_EVENT_IDX) == (28, 29)
@@ -43,7 +43,7 @@ def test_flag_values_and_descriptor_size() -> None:
 
 @pytest.mark.parametrize("qs", [1 << k for k in range(16)])
 def test_ring_sizes_for_every_power_of_two(qs: int) -> None:
-    """Check avail = 6 + 2·QS, used = 6 + 8·QS, table = 16·QS (facts §10 item 18)."""
+    """Check avail = 6 + 2·QS, used = 6 + 8·QS, table = 16·QS [VIRTIO-SPEC; VIRTIO-RING-H]."""
     assert V.avail_ring_size(qs) == 6 + 2 * qs
     assert V.used_ring_size(qs) == 6 + 8 * qs
     assert V.desc_table_size(qs) == 16 * qs
@@ -55,7 +55,7 @@ def test_ring_sizes_for_every_power_of_two(qs: int) -> None:
 
 @pytest.mark.parametrize("bad", [0, 3, 6, 100, 32767, 65536, 1 << 20, -8, True, 2.0, "8"])
 def test_queue_size_must_be_power_of_two_at_most_32768(bad: object) -> None:
-    """Check that other Queue Sizes raise the typed error (facts §10 item 16)."""
+    """Check that other Queue Sizes raise the typed error [VIRTIO-SPEC; VIRTIO-RING-H]."""
     with pytest.raises(QueueSizeError):
         V.check_queue_size(bad)  # type: ignore[arg-type]
     with pytest.raises(QueueSizeError):

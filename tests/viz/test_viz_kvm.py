@@ -363,7 +363,7 @@ def test_answers_agree_with_independent_formulas(seed) -> None:
 
 
 def _errno_by_rules(data: dict) -> str:
-    """The errno of the second call, from the rules of facts §1.4 and §1.8."""
+    """The errno of the second call, from the rules of [KVM-API §4.35; KVM-MAIN; LOCAL]."""
     if data["kind"] == "vcpu":
         first, second = data["ids"]
         return "EINVAL" if second >= 4096 else "EEXIST" if second == first else "ok"

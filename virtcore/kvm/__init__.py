@@ -3,8 +3,8 @@
 One Python API, two implementations behind it:
 
 - the **model** (:mod:`virtcore.kvm.model`): a simulated ``/dev/kvm`` with the real
-  request numbers, structures and errno values (``reference/virtualization-facts.md``
-  §1), whose guest CPU is the teaching ISA of :mod:`virtcore.hw` (pure Python,
+  request numbers, structures and errno values [KVM-H; KVM-API; KVM-MAIN; LOCAL],
+  whose guest CPU is the teaching ISA of :mod:`virtcore.hw` (pure Python,
   default) or real x86 code through unicorn (:mod:`virtcore.kvm.x86`, optional);
 - the **real** kernel module (:mod:`virtcore.kvm.real`) where ``/dev/kvm`` is usable.
 

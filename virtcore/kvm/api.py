@@ -1,7 +1,7 @@
 """The KVM user-space API as C sees it: ioctl numbers, ``KVM_EXIT_*`` values, structures.
 
 Everything here has the name and the number of ``<linux/kvm.h>`` (x86-64), see
-``reference/virtualization-facts.md`` §1.2–§1.7.  Request numbers are *computed* with
+[KVM-H].  Request numbers are *computed* with
 the same ``_IO``/``_IOR``/``_IOW``/``_IOWR`` macros the header uses, and the
 structures are :mod:`ctypes` structures with the real layouts, so the same objects
 go to the simulated ``/dev/kvm`` (:mod:`virtcore.kvm.model`) and to the real one
@@ -16,12 +16,12 @@ go to the simulated ``/dev/kvm`` (:mod:`virtcore.kvm.model`) and to the real one
 
 The file-descriptor objects
 ---------------------------
-:class:`KvmFd` is the common shape of the three kinds of descriptor (§1.1):
+:class:`KvmFd` is the common shape of the three kinds of descriptor [KVM-API §4; KVM-MAIN]:
 :class:`SystemFd` (``open("/dev/kvm")``), :class:`VmFd` (``KVM_CREATE_VM``) and
 :class:`VcpuFd` (``KVM_CREATE_VCPU``).  Each has ``ioctl(request, arg=0)`` — the only
 operation the kernel offers — and the vCPU also ``mmap(length)``, which returns the
 shared :class:`kvm_run` page.  Errors are :class:`OSError` with the kernel's errno
-(§1.8), never a library exception, so a mistake looks the same on the model and on a
+[KVM-MAIN; LOCAL], never a library exception, so a mistake looks the same on the model and on a
 real machine.  Named helpers (``create_vm()``, ``get_regs()``…) are thin wrappers
 over ``ioctl``, identical for both backends.
 
@@ -137,13 +137,13 @@ def ioc_size(request: int) -> int:
 
 
 # ---------------------------------------------------------------------------
-# constants (§1.2, §1.4, §1.7)
+# constants [KVM-H; KVM-API §4.35; KVM-MAIN]
 KVMIO = 0xAE
 KVM_API_VERSION = 12
 PAGE_SIZE = 4096
 KVM_PIO_PAGE_OFFSET = 1  # x86: page 1 of the vCPU mapping holds port-I/O data
 KVM_COALESCED_MMIO_PAGE_OFFSET = 2
-KVM_VCPU_MMAP_SIZE = 3 * PAGE_SIZE  # kvm_run + PIO page + coalesced-MMIO ring (§1.2)
+KVM_VCPU_MMAP_SIZE = 3 * PAGE_SIZE  # kvm_run + PIO page + coalesced-MMIO ring [KVM-H]
 
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
@@ -190,7 +190,7 @@ _EXIT_NAMES = (
     "X86_RDMSR", "X86_WRMSR", "DIRTY_RING_FULL", "AP_RESET_HOLD", "X86_BUS_LOCK", "XEN",
     "RISCV_SBI", "RISCV_CSR", "NOTIFY",
 )
-#: ``KVM_EXIT_*`` value → name (§1.7)
+#: ``KVM_EXIT_*`` value → name [KVM-H]
 EXIT_NAMES: dict[int, str] = {i: "KVM_EXIT_" + n for i, n in enumerate(_EXIT_NAMES)}
 globals().update({name: value for value, name in EXIT_NAMES.items()})
 KVM_EXIT_UNKNOWN: int = 0
@@ -220,7 +220,7 @@ def exit_name(reason: int) -> str:
 
 
 # ---------------------------------------------------------------------------
-# structures (§1.4, §1.5, §1.6) — x86-64 layouts
+# structures [KVM-H; KVM-API §4.11–4.14, §4.35, §5] — x86-64 layouts
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
 
@@ -250,7 +250,7 @@ class _Struct(ctypes.Structure):
 
 
 class kvm_userspace_memory_region(_Struct):  # noqa: N801 - the C name
-    """``struct kvm_userspace_memory_region`` (32 bytes, §1.4).
+    """``struct kvm_userspace_memory_region`` (32 bytes) [KVM-API §4.35; KVM-MAIN].
 
     ``slot``: bits 0–15 slot id, bits 16–31 address-space id; ``flags``:
     :data:`KVM_MEM_LOG_DIRTY_PAGES`, :data:`KVM_MEM_READONLY`; ``memory_size`` 0
@@ -266,7 +266,7 @@ class kvm_userspace_memory_region(_Struct):  # noqa: N801 - the C name
 
 
 class kvm_regs(_Struct):  # noqa: N801 - the C name
-    """``struct kvm_regs`` (144 bytes = 18 × u64, §1.5).
+    """``struct kvm_regs`` (144 bytes = 18 × u64) [KVM-API §4.11–4.14].
 
     >>> r = kvm_regs(rip=0x1000, rax=2, rbx=2, rflags=0x2)
     >>> ctypes.sizeof(r), kvm_regs.rip.offset, r.rbx
@@ -304,7 +304,9 @@ KVM_NR_INTERRUPTS = 256
 
 
 class kvm_sregs(_Struct):  # noqa: N801 - the C name
-    """``struct kvm_sregs`` (312 bytes, §1.5): segments, descriptor tables, control registers.
+    """``struct kvm_sregs`` (312 bytes): segments, descriptor tables, control registers.
+
+    [KVM-API §4.11–4.14]
 
     >>> s = kvm_sregs(); s.cs.selector = 0xf000
     >>> ctypes.sizeof(s), kvm_sregs.cr0.offset, hex(s.cs.selector)
@@ -373,7 +375,7 @@ class kvm_run_ex(_Struct):  # noqa: N801 - the C name
 
 
 class kvm_run_hypercall(_Struct):  # noqa: N801 - the C name
-    """The ``hypercall`` member (``KVM_EXIT_HYPERCALL``, "unused", §1.6).
+    """The ``hypercall`` member (``KVM_EXIT_HYPERCALL``, "unused", [KVM-H; KVM-API §5]).
 
     >>> kvm_run_hypercall.ret.offset
     56
@@ -419,12 +421,12 @@ SYNC_REGS_SIZE_BYTES = 2048
 
 
 class kvm_run(_Struct):  # noqa: N801 - the C name
-    """``struct kvm_run``: the page shared by KVM and user space (§1.6), x86-64 offsets.
+    """``struct kvm_run``: the page KVM and user space share, x86-64 offsets [KVM-H; KVM-API §5].
 
     The exit union is anonymous in C; here its members are reachable both as
     ``run.io`` (like C) and as ``run.u.io``.  Only the fields up to the union are
     fixed ABI; the tail (``kvm_valid_regs``, ``kvm_dirty_regs``, sync regs) follows
-    the 6.1 headers — 2352 bytes — and depends on the header version (§1.6).
+    the 6.1 headers — 2352 bytes — and depends on the header version [KVM-H; KVM-API §5].
 
     Besides the fields, a ``kvm_run`` obtained from ``VcpuFd.mmap`` can read and
     write the rest of the mapping (the port-I/O data page): :meth:`data`,
@@ -482,12 +484,12 @@ class kvm_run(_Struct):  # noqa: N801 - the C name
         ctypes.memmove(self._check(offset, len(data)), data, len(data))
 
     def io_data(self) -> bytes:
-        """The ``size * count`` bytes at ``io.data_offset`` (an OUT's data; §1.6)."""
+        """The ``size * count`` bytes at ``io.data_offset`` (an OUT's data) [KVM-API §5]."""
         io = self.io
         return self.data(io.data_offset, io.size * io.count)
 
     def set_io_data(self, data: bytes) -> None:
-        """Place an IN's data at ``io.data_offset``, for the next ``KVM_RUN`` (§6.4)."""
+        """Place an IN's data at ``io.data_offset``, for the next ``KVM_RUN`` [KVM-API §5]."""
         io = self.io
         if len(data) != io.size * io.count:
             raise KvmUsageError(f"an IN of {io.count} x {io.size} bytes needs "
@@ -630,7 +632,7 @@ def lookup_user_memory(address: int, size: int) -> _UserRegion | None:
 class GuestMemory:
     """Page-aligned anonymous user memory for a memory slot (``mmap(MAP_SHARED|MAP_ANONYMOUS)``).
 
-    Step 5 of the canonical sequence (§1.3).  Index and slice it like ``bytes``;
+    Step 5 of the canonical sequence [LWN15].  Index and slice it like ``bytes``;
     ``address`` is what goes into ``userspace_addr``.
 
     Parameters
@@ -762,12 +764,12 @@ def read_exit(run: kvm_run) -> ExitRecord:
 
 
 # ---------------------------------------------------------------------------
-# the three kinds of file descriptor (§1.1)
+# the three kinds of file descriptor [KVM-API §4; KVM-MAIN]
 IoctlArg = int | ctypes.Structure | bytearray
 
 
 class KvmFd:
-    """A KVM file descriptor: ``ioctl`` is the whole interface (§1.1).
+    """A KVM file descriptor: ``ioctl`` is the whole interface [KVM-API §4; KVM-MAIN].
 
     Subclasses per backend implement :meth:`ioctl`, :meth:`fileno` and :meth:`close`.
     ``with`` closes the descriptor.

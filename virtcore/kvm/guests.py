@@ -2,10 +2,10 @@
 
 A :class:`Guest` is a raw image plus where it goes: load address (guest-physical),
 entry ``rip``, the initial registers, and the guest memory size.  x86 guests are
-16-bit real-mode code run with ``cs.base = cs.selector = 0`` (§1.3 step 9);
+16-bit real-mode code run with ``cs.base = cs.selector = 0`` ([LWN15] step 9);
 teaching-ISA guests are assembled with :func:`virtcore.hw.assemble`.
 
-The LWN guest (``reference/virtualization-facts.md`` §1.9, §10 item 14):
+The LWN guest [LWN15; LOCAL]:
 
 >>> g = lwn()
 >>> g.code.hex(" "), hex(g.gpa), g.regs

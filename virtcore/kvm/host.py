@@ -2,11 +2,11 @@
 
 Avi Kivity's original KVM submission put it in one sentence: "Each virtual
 machine is a process on the host; a virtual cpu is a thread in that process.
-kill(1), nice(1), top(1) work as expected." (``reference/virtualization-facts.md``
-§1.10; syllabus S3.2).  KVM brings no scheduler of its own: the host kernel's
+kill(1), nice(1), top(1) work as expected." [KVM-ORIG] (syllabus S3.2).
+KVM brings no scheduler of its own: the host kernel's
 scheduler places each vCPU thread on a physical CPU, next to every other
 thread on the machine — QEMU creates one thread per vCPU, named
-``"CPU %d/KVM"``.
+``"CPU %d/KVM"`` [QEMU-ACCEL].
 
 Concepts and how each is represented:
 
@@ -87,7 +87,7 @@ class HostProcess:
     nice : int
     threads : tuple of str
         Thread names as ``top -H`` shows them: ``"CPU 0/KVM"``, … for a VM's
-        vCPUs (QEMU's naming, facts §1.10), ``"qemu-main"`` for its main loop,
+        vCPUs (QEMU's naming, [KVM-ORIG; QEMU-ACCEL]), ``"qemu-main"`` for its main loop,
         the process name for an ordinary process's threads.
     vcpus : int
         vCPU threads (0 for an ordinary process).

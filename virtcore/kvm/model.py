@@ -2,7 +2,7 @@
 
 :func:`open_model_kvm` returns a :class:`ModelSystemFd` that answers the requests of
 :mod:`virtcore.kvm.api` with the numbers and errno values of the real module
-(``reference/virtualization-facts.md`` §1.2–§1.8, checked against a real
+([KVM-H; KVM-MAIN; LOCAL], checked against a real
 ``/dev/kvm`` by ``tests/kvm``).  Behind ``KVM_RUN`` sits a guest CPU backend:
 
 ``isa="teaching"`` (default, pure Python)
@@ -44,8 +44,8 @@ Errors (measured on a real ``/dev/kvm``, Linux 6.18, x86-64)
 - ``KVM_GET_API_VERSION``, ``KVM_GET_VCPU_MMAP_SIZE``, ``KVM_RUN`` with a non-zero
   argument, ``KVM_CREATE_VM`` with a machine type other than 0: ``EINVAL``;
 - ``KVM_CREATE_VCPU``: id ≥ 4096 or more than 1024 vCPUs ``EINVAL``, id in use ``EEXIST``;
-- ``KVM_SET_USER_MEMORY_REGION``: the table of §1.4 (``EINVAL``; overlap ``EEXIST``;
-  size 0 deletes; identical re-registration is a no-op);
+- ``KVM_SET_USER_MEMORY_REGION`` [KVM-API §4.35; KVM-MAIN]: ``EINVAL``; overlap ``EEXIST``;
+  size 0 deletes; identical re-registration is a no-op;
 - VM and vCPU requests from another process than the VM's creator: ``EIO``.
 
 Simplifications
@@ -158,7 +158,7 @@ from virtcore.kvm.x86 import Slot, X86Engine
 __all__ = ["ModelSystemFd", "ModelVcpuFd", "ModelVmFd", "TeachingEngine", "open_model_kvm",
            "reset_regs", "reset_sregs"]
 
-# limits of the model (those of the measured host where they are constants, §1.2)
+# limits of the model (those of the measured host where they are constants, [KVM-H])
 KVM_MAX_VCPUS = 1024
 KVM_MAX_VCPU_IDS = 4096
 KVM_USER_MEM_SLOTS = 32764
@@ -229,7 +229,7 @@ class _ModelFd:
         self._fd = -1
 
     def _check_process(self) -> None:
-        # VM, vCPU and device ioctls from another process fail with EIO (§1.1, §1.8)
+        # VM, vCPU and device ioctls from another process: EIO [KVM-MAIN; LOCAL]
         if os.getpid() != self._pid:
             raise kvm_error(errno.EIO, "this VM belongs to another process (kvm->mm != "
                                        "current->mm)")
@@ -385,7 +385,7 @@ class ModelVmFd(_ModelFd, VmFd):
         self.vcpus[vcpu_id] = vcpu
         return vcpu
 
-    # -- KVM_SET_USER_MEMORY_REGION (kvm_main.c __kvm_set_memory_region, §1.4) -------------
+    # -- KVM_SET_USER_MEMORY_REGION (__kvm_set_memory_region) [KVM-API §4.35; KVM-MAIN] --
     def _set_memory_region(self, mem: kvm_userspace_memory_region) -> int:
         einval = errno.EINVAL
         if mem.flags & ~(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY):
@@ -709,12 +709,12 @@ class TeachingEngine:
       like KVM's emulator: a read re-executes on the next ``KVM_RUN`` (``pc`` stays),
       a write completes at once; any other instruction, or a guest with paging on,
       or fetching code with no slot → ``KVM_EXIT_INTERNAL_ERROR`` (emulation);
-    - ``hlt`` → ``KVM_EXIT_HLT`` (no in-kernel irqchip, §1.7);
+    - ``hlt`` → ``KVM_EXIT_HLT`` (no in-kernel irqchip, [KVM-H]);
     - a trap with no handler in the guest (``TVEC`` = 0) → ``KVM_EXIT_SHUTDOWN``
       (x86: a triple fault);
     - ``hcall`` (VMCALL) is handled inside "KVM", as the real one does for unknown
       hypercall numbers: ``r0 = -KVM_ENOSYS`` (``-EPERM`` from user mode) and the
-      guest goes on — ``KVM_EXIT_HYPERCALL`` is unused (§1.6);
+      guest goes on — ``KVM_EXIT_HYPERCALL`` is unused [KVM-H; KVM-API §5];
     - register values beyond 32 bits or a privilege level other than 0/3 →
       ``KVM_EXIT_FAIL_ENTRY`` (invalid guest state);
     - ``budget`` instructions without an exit → ``EINTR`` (see the model).
@@ -802,7 +802,7 @@ class TeachingEngine:
         return self.cpu
 
     def complete_pending(self, run: kvm_run) -> None:
-        """Finish an IN or an MMIO read with the data user space left in ``run`` (§6.4)."""
+        """Finish an IN or an MMIO read with the data user space left in ``run`` [KVM-API §5]."""
         pending, self._pending = self._pending, None
         if pending is None or self.cpu is None:
             return

@@ -151,7 +151,7 @@ class RealVcpuFd(_RealFd, VcpuFd):
 
 
 def open_real_kvm(path: str | None = None) -> RealSystemFd:
-    """``open("/dev/kvm", O_RDWR | O_CLOEXEC)`` (step 1 of §1.3).
+    """``open("/dev/kvm", O_RDWR | O_CLOEXEC)`` (step 1 of [LWN15]).
 
     Raises the kernel's :class:`OSError` (ENOENT where there is no KVM, EACCES
     without permission).  ``path`` defaults to ``$VIRTCORE_KVM_DEVICE`` or ``/dev/kvm``.

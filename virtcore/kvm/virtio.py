@@ -10,7 +10,7 @@ virtualization" is true only of the CPU: KVM's CPU virtualization is full
 (hardware-assisted, unmodified guest kernels), but its I/O is usually
 paravirtual, through virtio (syllabus N5; S4.5).
 
-Concepts and how each is represented (``reference/virtualization-facts.md`` §1.11):
+Concepts and how each is represented [VIRTIO-SPEC; VIRTIO-RING-H]:
 
 - **split virtqueue** — three areas in guest memory, each written by only one
   side: the *descriptor table* (16 bytes per entry, driver), the *available
@@ -134,7 +134,7 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------
-# Constants (facts §1.11 [VSPEC split-ring.tex, content.tex; RING virtio_ring.h])
+# Constants [VIRTIO-SPEC split-ring.tex, content.tex; VIRTIO-RING-H]
 # ---------------------------------------------------------------------------
 
 #: This descriptor continues in ``next``.
@@ -161,7 +161,7 @@ DESC_ALIGN, AVAIL_ALIGN, USED_ALIGN = 16, 2, 4
 #: The legacy interface's "Queue Align": the used ring starts on a 4096-byte page.
 LEGACY_QUEUE_ALIGN = 4096
 
-# Device status bits (facts §1.11 [VSPEC content.tex]).
+# Device status bits [VIRTIO-SPEC content.tex].
 ACKNOWLEDGE = 1
 DRIVER = 2
 DRIVER_OK = 4
@@ -210,7 +210,7 @@ class VirtioError(VirtcoreError):
 
 
 class QueueSizeError(VirtioError, ConfigurationError):
-    """A Queue Size that is not a power of two in 1..32768 (facts §1.11, §10 item 16)."""
+    """A Queue Size that is not a power of two in 1..32768 [VIRTIO-SPEC; VIRTIO-RING-H]."""
 
 
 class LayoutError(VirtioError, ConfigurationError):
@@ -360,7 +360,7 @@ def used_ring_size(queue_size: int) -> int:
 def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
     """Linux's ``vring_need_event``: notify iff the other side's event index lies in [old, new).
 
-    ``(u16)(new_idx - event_idx - 1) < (u16)(new_idx - old_idx)`` (facts §1.11 [RING]): the
+    ``(u16)(new_idx - event_idx - 1) < (u16)(new_idx - old_idx)`` [VIRTIO-RING-H]: the
     producer moved its index from ``old_idx`` to ``new_idx``; the consumer asked to be told
     when entry ``event_idx`` is published.  All arithmetic is mod 2^16, so it works across
     the wrap from 65535 to 0.
@@ -1100,7 +1100,7 @@ class VirtqDevice:
 
 
 class VirtioDevice:
-    """What every virtio device has: status, feature bits, virtqueues (facts §1.11).
+    """What every virtio device has: status, feature bits, virtqueues [VIRTIO-SPEC; VIRTIO-RING-H].
 
     Feature negotiation is reduced to: the device offers :attr:`device_features`,
     the driver accepts a subset with :meth:`negotiate`, and the status byte goes

@@ -3,7 +3,7 @@
 This is the *x86* guest-CPU backend of the simulated ``/dev/kvm``
 (:mod:`virtcore.kvm.model`, ``isa="x86"``).  unicorn (QEMU's TCG) translates the
 guest's code to host code and runs it with no Python on the fast path: there is
-no per-instruction hook.  What leaves the guest does so as on KVM (§1.6, §1.7):
+no per-instruction hook.  What leaves the guest does so as on KVM [KVM-H; KVM-API §5]:
 
 - ``in``/``out`` → ``KVM_EXIT_IO`` (a ``UC_HOOK_INSN`` hook).  As measured on a real
   KVM: after an OUT exit ``rip`` is already past the instruction; after an IN exit it
@@ -15,7 +15,7 @@ no per-instruction hook.  What leaves the guest does so as on KVM (§1.6, §1.7)
   data user space wrote into ``mmio.data``; a write completes at once and ``rip``
   moves past it — both exactly what KVM's instruction emulator does
   (``x86_emulate_instruction``: no write-back until an MMIO read completes);
-  a write to a ``KVM_MEM_READONLY`` slot is an MMIO write (§1.4);
+  a write to a ``KVM_MEM_READONLY`` slot is an MMIO write [KVM-API §4.35; KVM-MAIN];
 - ``hlt`` → ``KVM_EXIT_HLT`` (unicorn returns just past the ``hlt``);
 - fetching code where there is no memory slot → ``KVM_EXIT_INTERNAL_ERROR``
   (suberror 1, ``KVM_INTERNAL_ERROR_EMULATION``), as measured on real KVM;
@@ -654,7 +654,7 @@ class X86Engine:
         ctypes.memmove(ctypes.addressof(m.data), data, min(size, 8))
 
     def _complete(self, run: kvm_run) -> bool:
-        """Finish the instruction left in flight by the last exit (§6.4); False if that
+        """Finish the instruction left in flight by the last exit [KVM-API §5]; False if that
         itself produced an exit (already described in ``run``)."""
         pending, self._pending = self._pending, None
         if pending[0] == "in":  # type: ignore[index]

@@ -4,15 +4,15 @@ Pure data first, display later.  :mod:`virtcore.kvm` runs guests on the
 simulated (or the real) ``/dev/kvm``, drives QEMU's loop and compares I/O
 paths and accelerators; this module only shows what it returns:
 
-- **the call sequence** (S3.1; ``reference/virtualization-facts.md`` §1.2,
-  §1.3) — :func:`ioctl_table`: one row per ``ioctl`` a VMM made (a
+- **the call sequence** (S3.1) [KVM-H; LWN15] — :func:`ioctl_table`: one row per
+  ``ioctl`` a VMM made (a
   :class:`~virtcore.kvm.cli.RunReport`, or a list of names), with the
   descriptor it goes to, the request number, its ``_IO``/``_IOR``/``_IOW``
   encoding and, for ``KVM_RUN``, the exit it returned with;
-- **structures** (§1.4–§1.6) — :func:`struct_table`: the fields of a ctypes
+- **structures** [KVM-H; KVM-API §4.35, §5] — :func:`struct_table`: the fields of a ctypes
   structure (``kvm_userspace_memory_region``, ``kvm_regs`` …) with offset,
   size, C type and value;
-- **exits** (§1.6, §1.7) — :func:`exit_table`: one row per ``KVM_RUN`` exit
+- **exits** [KVM-H; KVM-API §5] — :func:`exit_table`: one row per ``KVM_RUN`` exit
   read out of ``kvm_run``; :func:`compare_exits`: two traces side by side
   (the model against the real kernel);
 - **QEMU's side** (S4.3) — :func:`vmm_exit_table`: one row per exit QEMU's
@@ -78,7 +78,7 @@ __all__ = [
     "vmm_exit_table",
 ]
 
-#: The descriptor each request goes to (facts §1.1, §1.2): ``open("/dev/kvm")``
+#: The descriptor each request goes to [KVM-API §4; KVM-MAIN; KVM-H]: ``open("/dev/kvm")``
 #: gives the system fd, ``KVM_CREATE_VM`` a VM fd, ``KVM_CREATE_VCPU`` a vCPU fd.
 IOCTL_FD: dict[str, str] = {
     "KVM_GET_API_VERSION": "system",
