@@ -69,6 +69,7 @@ import re
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,8 +364,13 @@ def _zip_entries(zf: zipfile.ZipFile, limits: ImportLimits, prefix: tuple[str, .
             continue
 
         def reader(cap: int, info: zipfile.ZipInfo = info) -> bytes:
-            with zf.open(info) as fh:
-                data = fh.read(cap + 1)
+            try:
+                with zf.open(info) as fh:
+                    data = fh.read(cap + 1)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
+                    NotImplementedError, RuntimeError) as e:
+                raise _RejectedError(f"cannot be read from the zip ({type(e).__name__}:"
+                                     f" {str(e)[:100]})") from None
             if len(data) > cap:
                 raise _RejectedError(f"larger than {cap} bytes")
             return data

@@ -70,7 +70,7 @@ except Exception:
 '''
 
 
-def hostile(release: Path, course: Path, marker: Path) -> Any:
+def hostile(release: Path, course: Path, marker: Path, bonus_cell: bool = True) -> Any:
     """The released stub turned against the grader (see the module docstring)."""
     nb = H.read_nb(release)
     first = True
@@ -92,7 +92,7 @@ def hostile(release: Path, course: Path, marker: Path) -> Any:
     out.outputs = [nbformat.v4.new_output(
         "display_data", data={"text/html": "<script>alert('xss-out')</script>",
                               "text/plain": "1"})]
-    nb.cells[1:1] = [md, extra, kernel, out]
+    nb.cells[1:1] = [md, extra, kernel, out] if bonus_cell else [md, kernel, out]
     return nb
 
 
