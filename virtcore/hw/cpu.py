@@ -15,7 +15,7 @@ Modes (特权级): ``Privilege.KERNEL`` (ring 0) and ``Privilege.USER`` (ring 3)
 A privileged instruction in user mode traps with #GP.  *Guest mode* models
 VMX non-root operation: a :class:`VMCS` chooses which events leave the guest
 as a :class:`~virtcore.hw.events.VMExit` (Intel SDM Vol. 3B §19–§25;
-``reference/virtualization-facts.md`` §4.4).
+[SDM]).
 
 Traps go to the kernel's handler at ``CR.TVEC`` when one is installed
 (EPC, ESTATUS and CAUSE are saved, the CPU enters kernel mode with
