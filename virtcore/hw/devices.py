@@ -1185,7 +1185,7 @@ class NetworkCard(Device):
     frames are only recorded, unless :attr:`loopback` echoes them back.
 
     Simplified: one RX buffer instead of a descriptor ring (compare virtio's
-    queues, ``reference/virtualization-facts.md`` §1.11), no MAC addresses or
+    queues, [VIRTIO-SPEC; VIRTIO-RING-H]), no MAC addresses or
     filtering, no TX-complete interrupt (TX_DONE is polled), unbounded RX
     queue, and both ends of a cable share one clock (one machine, or machines
     run in lock-step).
