@@ -13,7 +13,7 @@ Numbers
   hardware interrupt line *n* (the usual remapped-PIC layout).
 - :class:`ExitReason` uses Intel VT-x basic exit reasons (SDM Vol. 3B
   App. C; Linux ``arch/x86/include/uapi/asm/vmx.h``), see
-  ``reference/virtualization-facts.md`` §4.4.
+  [SDM].
 
 >>> TrapCause.GENERAL_PROTECTION.value
 13
