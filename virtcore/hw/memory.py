@@ -1,7 +1,7 @@
 """Physical memory (物理内存) made of frames, and a frame allocator.
 
 Physical memory is a flat array of bytes, cut into equal *frames*
-(页框, 4096 bytes on x86, see ``reference/virtualization-facts.md`` §3.2:
+(页框, 4096 bytes on x86, see [XIG; XEN-MM-H]:
 "4kB machine page frames numbered consecutively starting from 0").
 Frame *f* starts at byte address ``f * frame_size``.
 
