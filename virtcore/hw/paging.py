@@ -38,7 +38,7 @@ Rules modelled (and simplifications)
 ------------------------------------
 - P must be set at every level; W and U must be set at *every* level for a
   write / a user access.  Kernel writes to read-only pages fault too: CR0.WP=1,
-  as Xen keeps it (``reference/virtualization-facts.md`` §3.3).
+  as Xen keeps it [XEN-H; XEN-MM-C; XIG].
 - A walk that succeeds sets A in every entry it used and, for a write, D in the
   leaf.  A walk that faults writes nothing (real CPUs may already have set some
   A bits).  Execute is checked like read (32-bit x86 without PAE has no NX bit).
@@ -47,7 +47,8 @@ Rules modelled (and simplifications)
 - A table pointer outside installed memory is reported as a not-present fault
   at that level (real hardware would raise a machine check).  The *final*
   physical address is not checked: it may be MMIO, and the CPU decides.
-- Nested paging (EPT/NPT, §3.5): with an enabled ``nested=`` MMU, every guest-physical address
+- Nested paging (EPT/NPT) [BHAR08; STOJ22]: with an enabled ``nested=`` MMU, every guest-physical
+  address
   — each guest table entry the walk reads and the final address — goes through
   a walk of the nested tables, so a miss costs ``(n+1)(m+1) - 1`` references
   (24 for 4 x 4 levels).  Nested entries use this same PTE format (real EPT has
