@@ -1,7 +1,7 @@
 """Xen's credit scheduler (credit1), the reference scheduler of the course.
 
 Follows ``xen/common/sched/credit.c`` (Emmanuel Ackaouy, 2005–06) as
-summarised in virtualization-facts §2.8 (steps 1–7 below) with its real
+summarised from [XEN-CREDIT] (steps 1–7 below) with its real
 constants; function names in brackets are those of ``credit.c``.
 
 1. **Per-pCPU run queues** sorted by priority, FIFO within a priority
@@ -27,7 +27,7 @@ constants; function names in brackets are those of ``credit.c``.
    Idle pCPUs are kept in ``idlers`` and tickled when work arrives [``__runq_tickle``].
 7. **Work-conserving unless capped**: a cap limits a domain even on an idle host.
 
-Together these give the invariants of facts §6 item 7: priority follows the
+Together these give the invariants [XEN-CREDIT]: priority follows the
 sign of credit (UNDER ≥ 0 > OVER), BOOST on wake, IDLE lowest; accounting every
 30 ms, continuous charging, 10 ms tick; long-run share ∝ weight, bounded by cap.
 
@@ -67,7 +67,7 @@ from virtcore.errors import ConfigurationError
 from virtcore.sched.core import IDLE, Decision, Scheduler, Simulator
 from virtcore.sched.model import PCPU, VCPU, Domain
 
-# ------------------------------------------------------------------ constants (facts §2.8)
+# ------------------------------------------------------------------ constants [XEN-CREDIT; XL-1]
 CSCHED_DEFAULT_WEIGHT = 256
 CSCHED_TICKS_PER_TSLICE = 3
 CSCHED_DEFAULT_TSLICE_MS = 30
@@ -158,7 +158,7 @@ def credit_shares(
     credit_balance: int = 0,
     tslice_ms: int = CSCHED_DEFAULT_TSLICE_MS,
 ) -> list[int]:
-    """Per-vCPU credit each active domain earns in one accounting period (facts §2.8 step 3).
+    """Per-vCPU credit each active domain earns in one accounting period (step 3) [XEN-CREDIT].
 
     The pure arithmetic of ``csched_acct``'s domain loop, in list order.
 
@@ -180,7 +180,7 @@ def credit_shares(
 
     Examples
     --------
-    The worked example of facts §2.8 (one pCPU, weights 256 and 512):
+    The worked example of [XEN-CREDIT; XL-1] (one pCPU, weights 256 and 512):
 
     >>> credit_shares([(256, 1, 0), (512, 1, 0)], ncpus=1)
     [100, 200]
@@ -248,7 +248,7 @@ def _acct_domains(
 
 
 class Credit(Scheduler):
-    """Xen credit1 (credit 调度器) with its real constants (facts §2.8; module docstring).
+    """Xen credit1 (credit 调度器) with its real constants ([XEN-CREDIT; XL-1]; module docstring).
 
     Parameters
     ----------
