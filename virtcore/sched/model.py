@@ -7,10 +7,10 @@ Concepts and how each is represented here:
   carries the scheduling parameters of both worlds: Xen credit's ``weight``
   (default ``CSCHED_DEFAULT_WEIGHT`` = 256, legal 1..65535) and ``cap`` (0 =
   uncapped, 100 = one pCPU), and Linux's ``nice`` (−20..19).
-  (virtualization-facts §2.8, §10 items 19 and 23.)
+  ([XEN-CREDIT; XL-1].)
 - **vCPU** (虚拟CPU) — :class:`VCPU`: the unit a scheduler places on a pCPU.
   A host process's threads are VCPU objects too: to Linux, a KVM vCPU *is* a
-  thread (facts §1.10), so one entity type serves both the Xen and the KVM
+  thread [KVM-ORIG; QEMU-ACCEL], so one entity type serves both the Xen and the KVM
   chapters.  A task that belongs to no VM is simply a thread of a
   ``kind="process"`` domain (see :func:`process`).
 - **pCPU** (物理CPU) — :class:`PCPU`: a physical CPU; ``current`` is the
@@ -43,9 +43,9 @@ if TYPE_CHECKING:
 
     from virtcore.sched.workloads import Workload
 
-#: Default credit weight of a domain (Xen ``CSCHED_DEFAULT_WEIGHT``; facts §2.8, §10 item 19).
+#: Default credit weight of a domain (Xen ``CSCHED_DEFAULT_WEIGHT``; [XEN-CREDIT; XL-1]).
 DEFAULT_WEIGHT = 256
-#: Legal range of a credit weight (``xl sched-credit -w``; facts §2.8).
+#: Legal range of a credit weight (``xl sched-credit -w``; [XEN-CREDIT; XL-1]).
 WEIGHT_RANGE = (1, 65535)
 #: Legal range of a Linux nice value.
 NICE_RANGE = (-20, 19)
@@ -185,9 +185,9 @@ class Domain:
         all vCPUs (each still gets its own random stream) or one per vCPU.
         Default: CPU-bound.
     weight : int
-        Xen credit weight, 1..65535, default 256 (facts §2.8).
+        Xen credit weight, 1..65535, default 256 [XEN-CREDIT; XL-1].
     cap : int
-        Xen credit cap in percent of one pCPU; 0 = uncapped (facts §10 item 23).
+        Xen credit cap in percent of one pCPU; 0 = uncapped [XEN-CREDIT; XL-1].
     nice : int
         Linux nice value −20..19, used by :class:`~virtcore.sched.cfs.CFSLike`.
     kind : {"vm", "process"}
@@ -272,7 +272,7 @@ def process(
 ) -> Domain:
     """An ordinary host process (no VM): a ``Domain(kind="process")`` whose vCPUs are its threads.
 
-    Used next to KVM guests on the host scheduler (facts §1.10: a vCPU is a thread).
+    Used next to KVM guests on the host scheduler ([KVM-ORIG; QEMU-ACCEL]: a vCPU is a thread).
 
     >>> p = process("make", threads=2, nice=10)
     >>> p.kind, [t.name for t in p.vcpus], p.nice
