@@ -1,7 +1,7 @@
 """A CFS-like host scheduler: Linux's Completely Fair Scheduler, as KVM guests meet it.
 
-Under KVM a guest is an ordinary process and each vCPU is a thread (facts
-§1.10, syllabus S3.2), so the vCPUs compete with every other host thread on
+Under KVM a guest is an ordinary process and each vCPU is a thread [KVM-ORIG; QEMU-ACCEL]
+(syllabus S3.2), so the vCPUs compete with every other host thread on
 Linux's fair scheduler.  Here every :class:`~virtcore.sched.model.VCPU` is such
 a task: a VM's vCPU thread or a host process's thread (``Domain(kind="process")``).
 
