@@ -49,7 +49,7 @@ class RoundRobin(Scheduler):
     Parameters
     ----------
     timeslice_us : int
-        The quantum, e.g. 30_000 (Xen credit's default timeslice, facts §2.8).
+        The quantum, e.g. 30_000 (Xen credit's default timeslice, [XEN-CREDIT; XL-1]).
 
     >>> from virtcore.sched import Domain, simulate
     >>> r = simulate([Domain(n) for n in "abc"], RoundRobin(10_000), duration_us=60_000)
