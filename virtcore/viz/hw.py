@@ -402,7 +402,7 @@ def isa_reference_table(rows: Iterable[Instruction] | None = None) -> TextView:
     machine's configuration (control-sensitive) or behaves differently
     depending on it (behaviour-sensitive), and *privileged* (特权指令) when it
     traps in user mode (Popek & Goldberg 1974;
-    ``reference/virtualization-facts.md`` §4.1).
+    [PG74]).
 
     Parameters
     ----------
