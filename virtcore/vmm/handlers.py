@@ -327,7 +327,7 @@ class Hypercall(enum.IntEnum):
     """The hypercall numbers of virtcore's own small paravirtual ABI (``hcall``, number in r0).
 
     **Not Xen's numbers.**  Each has a Xen counterpart for comparison
-    (``reference/virtualization-facts.md`` §2.3): IRQ_DISABLE/ENABLE and the
+    [XEN-HCALL-ABI; XEN-H]: IRQ_DISABLE/ENABLE and the
     flags calls stand for a Xen PV guest's per-vCPU event mask, which lives
     in memory shared with Xen (``vcpu_info.evtchn_upcall_mask``) so that it
     needs no hypercall at all — a simplification here; HALT ~ ``sched_op`` block;
