@@ -1,6 +1,6 @@
 """Popek and Goldberg (1974): classify the ISA; check a VMM's three properties on generated guests.
 
-The paper (``reference/virtualization-facts.md`` §4.1) asks three things of
+The paper [PG74] asks three things of
 a VMM:
 
 - **equivalence** (fidelity): a program under the VMM behaves "essentially
@@ -19,7 +19,7 @@ a VMM:
 Its Theorem 1 gives a **sufficient** condition for building such a VMM by
 trap-and-emulate: every sensitive instruction is privileged.
 :func:`classify` checks it on the ISA table; on this machine it fails, for
-``popf`` and ``pushf``, exactly as on x86 (Robin & Irvine 2000, §4.2).
+``popf`` and ``pushf``, exactly as on x86 (Robin & Irvine 2000, [RI00]).
 
 Guests come from :func:`generate_guest` (seeded, always terminating), so
 every seed is a test case.
