@@ -1,12 +1,12 @@
 """Virtual machines (虚拟机) and their virtual resources: vCPUs, memory, devices (S2.1, S2.2).
 
 A VM is "an efficient, isolated duplicate of the real machine" (Popek &
-Goldberg 1974, ``reference/virtualization-facts.md`` §4.1).  The VMM builds
+Goldberg 1974, [PG74]).  The VMM builds
 each of its resources out of the host's:
 
 - **memory** — host frames from the host's frame allocator, listed in a
   *P2M* table (guest-physical frame → host frame, Xen's physical-to-machine
-  table, §3.2).  The guest sees physical addresses that start at 0 and are
+  table, [XIG; XEN-MM-H]).  The guest sees physical addresses that start at 0 and are
   contiguous; the host frames behind them need not be.
 - **vCPUs** — :class:`VCPU` objects holding the guest-visible CPU state
   (registers, pc, *virtual* flags and interrupt flag, *virtual* mode and
