@@ -541,7 +541,7 @@ def build_nested(
 def test_two_dimensional_walk_costs(guest_name: str, host_name: str, expected: int) -> None:
     guest_cfg, host_cfg = CONFIGS[guest_name](), CONFIGS[host_name]()
     n, m = guest_cfg.levels, host_cfg.levels
-    assert expected == (n + 1) * (m + 1) - 1  # reference/virtualization-facts.md §3.5
+    assert expected == (n + 1) * (m + 1) - 1  # [BHAR08; STOJ22]
     _, ept, guest, gfn_to_hfn, frames = build_nested(guest_cfg, host_cfg)
     data_gfn = 50
     guest.map(0x100, data_gfn << 5, allocator=frames)
