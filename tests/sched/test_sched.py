@@ -114,7 +114,7 @@ def check_trace_consistent(res: SchedResult) -> None:
 
 
 def test_credit_constants_are_xen_s():
-    """facts §2.8 and §10 items 19–22: the real credit1 constants."""
+    """[XEN-CREDIT; XL-1]: the real credit1 constants."""
     assert cr.CSCHED_DEFAULT_WEIGHT == 256 == Domain("d").weight
     assert cr.CSCHED_DEFAULT_TSLICE_MS == 30
     assert cr.CSCHED_TICKS_PER_TSLICE == 3
@@ -171,7 +171,7 @@ def test_domain_and_credit_parameter_ranges():
 
 
 def test_credit_shares_worked_example_and_caps():
-    """facts §2.8 worked example: 1 pCPU, weights 256 and 512 → 100 and 200 credits."""
+    """[XEN-CREDIT; XL-1] worked example: 1 pCPU, weights 256 and 512 → 100 and 200 credits."""
     assert cr.credit_shares([(256, 1, 0), (512, 1, 0)], ncpus=1) == [100, 200]
     # 2 pCPUs, one domain with 1 vCPU cannot use more than one pCPU (credit_peak = 300);
     # the rest is redistributed to the next domain.
@@ -187,7 +187,7 @@ def test_credit_shares_worked_example_and_caps():
 
 
 def test_weights_512_256_get_2_to_1_on_one_pcpu():
-    """facts §10 item 24: 512 vs 256 on a contended pCPU → 2:1, within ±5 % over 3 s."""
+    """[XEN-CREDIT; XL-1]: 512 vs 256 on a contended pCPU → 2:1, within ±5 % over 3 s."""
     r = simulate(
         [Domain("heavy", weight=512), Domain("light", weight=256)],
         Credit(),
@@ -246,7 +246,7 @@ def test_cap_50_never_exceeded_and_pcpu_idles_the_rest():
 
 
 def test_cap_100_is_one_pcpu():
-    """facts §10 item 23: cap 100 = one pCPU, even for a 2-vCPU domain on 2 idle pCPUs."""
+    """[XEN-CREDIT; XL-1]: cap 100 = one pCPU, even for a 2-vCPU domain on 2 idle pCPUs."""
     r = simulate([Domain("c", vcpus=2, cap=100)], Credit(), pcpus=2, duration_us=3_000_000)
     assert 0.97 <= r.domain_share["c"] <= 1.01
     u = Domain("u", vcpus=2)
@@ -266,7 +266,7 @@ def test_capped_domain_next_to_a_hog_keeps_its_cap():
 
 
 class _AcctProbe(Credit):
-    """Credit that checks the state after each accounting (facts §2.8 step 4)."""
+    """Credit that checks the state after each accounting ([XEN-CREDIT; XL-1] step 4)."""
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -319,7 +319,7 @@ class _BoostProbe(Credit):
 
 
 def test_boost_on_wake_and_revert_at_tick():
-    """facts §2.8 step 5: UNDER + wake → BOOST; a tick that finds it running → UNDER.
+    """[XEN-CREDIT; XL-1] step 5: UNDER + wake → BOOST; a tick that finds it running → UNDER.
 
     The very first wake is not boosted (csched_res_pick marks the unit MIGRATING).
     """
@@ -390,7 +390,7 @@ WC_DOMAINS = [
 )
 @pytest.mark.parametrize("pcpus", [1, 3, 4])
 def test_no_pcpu_idles_while_an_uncapped_vcpu_waits(make, pcpus):
-    """Work conservation (facts §2.8 step 7): checked over the whole trace."""
+    """Work conservation ([XEN-CREDIT; XL-1] step 7): checked over the whole trace."""
     doms = [Domain(n, vcpus=k, workload=w, weight=wt, cap=c) for n, k, w, wt, c in WC_DOMAINS]
     doms.append(Domain("capped", cap=40))
     r = simulate(doms, make(), pcpus=pcpus, duration_us=600_000, seed=pcpus)
