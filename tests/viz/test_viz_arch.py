@@ -398,7 +398,7 @@ def test_view_functions_make_figures_outside_pyplot() -> None:
 
 def test_chapter_1_self_checks_are_registered_and_answerable() -> None:
     qs = questions(1)
-    assert len(qs) == 8 and all(q.startswith("ch1.") for q in qs)
+    assert len(qs) == 10 and all(q.startswith("ch1.") for q in qs)
     for q in qs:
         answers = set()
         for seed in range(12):
@@ -423,7 +423,29 @@ def test_name_and_fraction_answers_are_forgiving_but_typed() -> None:
     assert va.as_name("Type-1") == va.as_name("type 1")
     assert va.as_fraction("0.6") == va.as_fraction(0.604) == 0.6
     assert check_answer("ch1.type", 1, seed=0).status == "wrong"  # a number is not a name
-    assert check_answer("ch1.flip", "soon", seed=0).status == "wrong"
+    assert check_answer("ch1.assist", 3, seed=0).status == "wrong"
+
+
+def test_conceptual_checks_follow_the_model() -> None:
+    """ch1.driver reads the device step off the path; ch1.kernel is N2; ch1.can-nest is N7."""
+    from virtcore.viz.selfcheck import ask
+
+    seen = set()
+    for seed in range(40):
+        data = ask("ch1.driver", seed=seed).data
+        seen.add((data["stack"], solution("ch1.driver", seed=seed)))
+    assert ("bare-metal", "hypervisor") in seen
+    assert ("bare-metal (Xen-style)", "dom0 kernel") in seen
+    assert ("hosted", "host kernel") in seen
+    kernels = {ask("ch1.kernel", seed=s).data["product"]: solution("ch1.kernel", seed=s)
+               for s in range(40)}
+    assert kernels.get("Xen") == "xen" and kernels.get("VMware ESXi") == "vmkernel"
+    assert [k for k, v in kernels.items() if v == "linux"] == ["Red Hat KVM"]
+    for seed in range(20):
+        names = ask("ch1.can-nest", seed=seed).data["products"]
+        nest = solution("ch1.can-nest", seed=seed)
+        assert set(nest) <= set(names)
+        assert any(va.product(n).hypervisor_type.value == "type 1" for n in nest)
 
 
 def test_benchmark_times_every_widget(monkeypatch) -> None:

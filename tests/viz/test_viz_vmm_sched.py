@@ -454,7 +454,8 @@ def test_every_question_accepts_its_answer_and_rejects_others(qid, seed) -> None
     assert selfcheck.check_answer(qid, ..., seed=seed).status == "unanswered"
     assert repr(selfcheck.check_answer(qid, seed=seed)).startswith("… not answered yet")
     wrong = (not answer if isinstance(answer, bool)
-             else (answer[0] + 1, answer[1]) if isinstance(answer, tuple) else answer + 1)
+             else (answer[0] + 1, answer[1]) if isinstance(answer, tuple)
+             else [*answer, "add"] if isinstance(answer, list) else answer + 1)
     assert selfcheck.check_answer(qid, wrong, seed=seed).status == "wrong"
     assert selfcheck.check_answer(qid, object(), seed=seed).status == "wrong"
 

@@ -67,6 +67,7 @@ from virtcore.arch.isolation import (
 from virtcore.arch.nesting import NestingRow, NestingTable, kvm_nested, nested_cost, nesting_costs
 from virtcore.arch.paths import CrossingKind, Event, Path, Step, event_path, tlb_miss_references
 from virtcore.arch.products import (
+    KERNEL_ON_HARDWARE,
     PRODUCTS,
     Correction,
     Nesting,
@@ -105,6 +106,7 @@ from virtcore.arch.stacks import (
 
 __all__ = [
     "DEFAULT_MODEL",
+    "KERNEL_ON_HARDWARE",
     "KVM_TYPE_VIEWS",
     "OPS",
     "PRODUCTS",

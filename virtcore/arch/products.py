@@ -36,6 +36,7 @@ from virtcore.arch.stacks import (
 )
 
 __all__ = [
+    "KERNEL_ON_HARDWARE",
     "PRODUCTS",
     "Correction",
     "Nesting",
@@ -573,6 +574,21 @@ _CORRECTIONS: tuple[tuple[str, str, str, str], ...] = (
         "Citrix XenServer; Red Hat KVM.",
     ),
 )
+
+
+#: What runs directly on the hardware (VMX root / ring 0) under each hypervisor — correction
+#: N2: a Type 1 hypervisor is not "a customised Linux".  Xen is its own small kernel, Linux
+#: runs above it in Domain 0 [XEN-SOSP03, XIG]; ESXi runs VMware's VMkernel [ESX08]; Hyper-V's
+#: hypervisor runs under the Windows of its parent partition [WIKIHV]; only under KVM is the
+#: kernel on the hardware Linux itself [KVM-ORIG, WIKIHV].
+KERNEL_ON_HARDWARE: dict[str, str] = {
+    "Xen": "xen",
+    "Citrix XenServer": "xen",
+    "VMware ESXi": "vmkernel",
+    "VMware ESXi Embedded": "vmkernel",
+    "Microsoft Hyper-V": "hyper-v",
+    "Red Hat KVM": "linux",
+}
 
 
 def notes_corrections() -> tuple[Correction, ...]:

@@ -47,6 +47,7 @@ from typing import Any
 
 from virtcore.arch import (
     DEFAULT_MODEL,
+    KERNEL_ON_HARDWARE,
     PRODUCTS,
     Architecture,
     ArchitectureError,
@@ -57,18 +58,16 @@ from virtcore.arch import (
     Fault,
     HypervisorType,
     LayerKind,
+    Nesting,
     Path,
     Stack,
     Sweep,
     all_stacks,
-    assist_configs,
-    bare_metal,
     classify,
     cost_breakdown,
     event_path,
     nesting_costs,
     normalize_mix,
-    ordering_sweep,
     path_cost,
     product,
     run_duties,
@@ -808,7 +807,7 @@ def plot_costs(
     Examples
     --------
     >>> from matplotlib.figure import Figure
-    >>> from virtcore.arch import compare_architectures, ordering_sweep, assist_configs
+    >>> from virtcore.arch import compare_architectures, ordering_sweep, assist_configs, bare_metal
     >>> ax = plot_costs(compare_architectures({"io": 1}), ax=Figure().subplots())
     >>> [t.get_text() for t in ax.get_xticklabels()]
     ['os-level', 'bare-metal', 'hosted']
@@ -1297,7 +1296,7 @@ def _gen_layers(rng: random.Random) -> tuple[str, dict[str, Any]]:
     return (
         f"How many layers (boxes) has the {arch.value} stack ({arch.chinese}) with {n} {what}?\n"
         "Count every box: hardware, kernels, hypervisor or VMM processes, managers and apps.\n"
-        "(draw_stack(stack_for(...)) shows it, but try to predict first.)",
+        "(`draw_stack` of `stack_for(...)` shows it, but try to predict first.)",
         {"arch": arch.value, "n": n},
     )
 
@@ -1333,60 +1332,63 @@ def _solve_crossings(data: Mapping[str, Any]) -> int:
     return p.count(data["kind"])
 
 
-def _gen_cost(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    arch = rng.choice([Architecture.HOSTED, Architecture.BARE_METAL, Architecture.OS_LEVEL])
-    counts = {
-        Event.COMPUTE.value: rng.choice([100, 500, 1000]),
-        Event.SYSCALL.value: rng.randint(1, 20),
-        Event.IO.value: rng.randint(1, 5),
-    }
+#: The stacks the driver question asks about (hybrid only with hardware assist).
+_DRIVER_STACKS = ("hosted", "bare-metal", "bare-metal (Xen-style)", "os-level", "hybrid")
+
+
+def _gen_driver(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    name = rng.choice(_DRIVER_STACKS)
+    stack = stack_for(name)
+    layers = ", ".join(f"'{layer.name}'" for layer in stack.layers if layer.guest in (None, "vm1",
+                                                                                     "ct1"))
     return (
-        f"With the default cost model and no hardware assist, what does this workload cost in "
-        f"total on the {arch.value} stack?\n    "
-        + ", ".join(f"{n} × {e}" for e, n in counts.items())
-        + "\nAnswer with an integer (teaching units). cost_table() has the price of each event.",
-        {"arch": arch.value, "counts": counts},
+        f"An app in the first guest of the {name} stack reads a disk block.\n"
+        "Whose device driver touches the real disk? Answer with the name of a layer of the "
+        f"stack: {layers}.",
+        {"stack": name},
     )
 
 
-def _solve_cost(data: Mapping[str, Any]) -> int:
-    return round(workload_cost(stack_for(data["arch"]), data["counts"], DEFAULT_MODEL))
+def _solve_driver(data: Mapping[str, Any]) -> str:
+    stack = stack_for(data["stack"])
+    path = event_path(stack, Event.IO, hardware_assist=stack.requires_hardware_assist)
+    return next(s.src for s in path if s.kind is CrossingKind.DEVICE)
 
 
-def _gen_flip(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    syscall = rng.randint(1, 4)
-    compute = rng.randint(0, 4)
-    rest = (
-        "system calls only" if compute == 0
-        else f"system calls and computations in the ratio {syscall} : {compute}"
-    )
+_ASSIST_EVENTS = (Event.COMPUTE, Event.SYSCALL, Event.PRIVILEGED_INSTRUCTION, Event.IO,
+                  Event.TLB_MISS)
+
+
+def _gen_assist(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    name = rng.choice(("hosted", "bare-metal", "bare-metal (Xen-style)"))
+    ev = rng.choice(_ASSIST_EVENTS)
     return (
-        "Bare-metal: a software VMM against VT-x/AMD-V (default cost model). A growing share f "
-        f"of the workload is privileged instructions; the rest is {rest}.\n"
-        "From which f on is the software VMM the cheaper one? Answer with a fraction, two "
-        "decimals (e.g. 0.42).",
-        {"syscall": syscall, "compute": compute},
+        f"On the {name} stack, the monitor switches from software virtualization (a "
+        "deprivileged guest kernel, traps) to VT-x/AMD-V with nested paging.\n"
+        f"Does one {ev.value} ({ev.chinese}) of vm1 become 'cheaper', 'dearer', or stay the "
+        "'same', under the course's cost model?",
+        {"stack": name, "event": ev.value},
     )
 
 
-def _solve_flip(data: Mapping[str, Any]) -> float:
-    base = {Event.SYSCALL: data["syscall"], Event.COMPUTE: data["compute"]}
-    configs = assist_configs(bare_metal())
-    s = ordering_sweep(Event.PRIVILEGED_INSTRUCTION, base=base, configs=configs)
-    return s.crossovers[0].fraction if s.crossovers else -1.0
+def _solve_assist(data: Mapping[str, Any]) -> str:
+    stack = stack_for(data["stack"])
+    soft = path_cost(event_path(stack, data["event"]))
+    hard = path_cost(event_path(stack, data["event"], hardware_assist=True))
+    return "cheaper" if hard < soft else "dearer" if hard > soft else "same"
 
 
 def _gen_isolation(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    arch = rng.choice(list(Architecture))
+    arch = rng.choice([*Architecture, "bare-metal (Xen-style)"])
     stack = stack_for(arch, 3)
     roles = {Fault.VMM_CRASH: "user_vmm", Fault.BACKEND_CRASH: "backend"}
     faults = [f for f in Fault if f not in roles or stack.has_role(roles[f], stack.guests[0])]
     fault = rng.choice(faults)
     n = rng.randint(2, 5)
     return (
-        f"A {arch.value} host runs {n} guests. A {fault.value} starts in the first guest.\n"
+        f"A {stack.name} host runs {n} guests. A {fault.value} starts in the first guest.\n"
         f"How many of the {n} guests are affected (crashed or compromised)?",
-        {"arch": arch.value, "fault": fault.value, "n": n},
+        {"arch": stack.name, "fault": fault.value, "n": n},
     )
 
 
@@ -1438,6 +1440,52 @@ def _solve_type(data: Mapping[str, Any]) -> str:
     return product(data["product"]).hypervisor_type.value
 
 
+def _gen_kernel(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    name = rng.choice(sorted(KERNEL_ON_HARDWARE))
+    return (
+        f"The notes say a Type 1 hypervisor is 'usually a specially customised Linux' (N2).\n"
+        f"Under {name}, which kernel runs directly on the hardware, in the most privileged "
+        "mode? Answer 'linux', 'xen', 'vmkernel' or 'hyper-v'.",
+        {"product": name},
+    )
+
+
+def _solve_kernel(data: Mapping[str, Any]) -> str:
+    return KERNEL_ON_HARDWARE[product(data["product"]).name]
+
+
+def _gen_can_nest(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    known = [p for p in PRODUCTS if p.nesting is not Nesting.UNKNOWN and not p.emulator]
+    type1 = [p for p in known if p.hypervisor_type is HypervisorType.TYPE_1]
+    others = [p for p in known if p.hypervisor_type is not HypervisorType.TYPE_1]
+    picked = rng.sample(type1, min(2, len(type1))) + rng.sample(others, min(2, len(others)))
+    rng.shuffle(picked)
+    names = [p.name for p in picked]
+    return (
+        "The notes say Type 2 is the flexible kind that supports nesting (S1.10).\n"
+        "Which of these can run a hypervisor inside one of its guests (even experimentally)? "
+        "Answer with a list of names:\n    " + ", ".join(names),
+        {"products": names},
+    )
+
+
+def _solve_can_nest(data: Mapping[str, Any]) -> list[str]:
+    return [n for n in data["products"] if product(n).nesting.possible]
+
+
+def as_names(answer: object) -> frozenset[str]:
+    """A set of names (products, layers), each compared as :func:`as_name` compares.
+
+    >>> sorted(as_names(["VMware ESXi", "xen"]))
+    ['vmwareesxi', 'xen']
+    """
+    if isinstance(answer, str):
+        answer = [answer]
+    if not isinstance(answer, (list, tuple, set, frozenset)):
+        raise AnswerFormatError(f"expected a list of names like ['Xen'], got {answer!r}")
+    return frozenset(as_name(a) for a in answer)
+
+
 def _gen_nesting(rng: random.Random) -> tuple[str, dict[str, Any]]:
     ev = rng.choice([Event.SYSCALL, Event.PRIVILEGED_INSTRUCTION, Event.IO, Event.TLB_MISS])
     level = rng.randint(1, 3)
@@ -1459,18 +1507,21 @@ _CHECKS = (
                    "or hybrid); a container brings only its apps.",
               covers=("S1.1", "S1.2", "S1.4", "S1.5")),
     SelfCheck("ch1.crossings", 1, _gen_crossings, _solve_crossings, as_int,
-              hint="print(event_path(stack_for(arch), event, hardware_assist=...)) and count.",
+              hint="print `event_path` of `stack_for` the architecture, and count.",
               covers=("S1.1", "S1.8")),
-    SelfCheck("ch1.cost", 1, _gen_cost, _solve_cost, as_int,
-              hint="multiply each count by the event's price in cost_table() and add up.",
-              covers=("S1.7", "S1.8")),
-    SelfCheck("ch1.flip", 1, _gen_flip, _solve_flip, as_fraction,
-              hint="each cost is a straight line in the share f: (1−f)·base + f·event; solve "
-                   "for the f where the two lines meet.",
+    SelfCheck("ch1.driver", 1, _gen_driver, _solve_driver, as_name,
+              hint="ESXi's VMkernel drives devices itself; Xen has no device drivers, Domain 0 "
+                   "does; a hosted VMM and QEMU ask their host kernel. `event_path` shows the "
+                   "'device' step.",
+              covers=("S1.2", "S1.8", "S5.3")),
+    SelfCheck("ch1.assist", 1, _gen_assist, _solve_assist, as_name,
+              hint="with VT-x a guest's system calls go straight to its kernel, but each "
+                   "privileged instruction or hypercall is a VM exit and entry, and a TLB miss "
+                   "walks two page tables. Compare the two `event_path` results.",
               covers=("S1.5", "S1.10")),
     SelfCheck("ch1.isolation", 1, _gen_isolation, _solve_isolation, as_int,
               hint="what does the fault break: the guest's own kernel or process, or a layer "
-                   "every guest runs on?",
+                   "every guest runs on or depends on?",
               covers=("S1.4",)),
     SelfCheck("ch1.duties", 1, _gen_duties, _solve_duties, as_int,
               hint="the hypervisor routes each result to the VM that asked, and each VM's "
@@ -1478,10 +1529,16 @@ _CHECKS = (
               covers=("S1.3",)),
     SelfCheck("ch1.type", 1, _gen_type, _solve_type, as_name,
               hint="where does its hypervisor sit: on the hardware, on a host OS, or inside a "
-                   "kernel? products() lists them.",
+                   "kernel? `products` lists them.",
               covers=("S1.6", "S1.7", "S1.8", "S1.9")),
+    SelfCheck("ch1.kernel", 1, _gen_kernel, _solve_kernel, as_name,
+              hint="only one of them is a module of an ordinary Linux kernel (N2).",
+              covers=("S1.7",)),
+    SelfCheck("ch1.can-nest", 1, _gen_can_nest, _solve_can_nest, as_names,
+              hint="the nesting column of `products`: Type 1 hypervisors nest too (N7).",
+              covers=("S1.10",)),
     SelfCheck("ch1.nesting", 1, _gen_nesting, _solve_nesting, as_int,
-              hint="nesting_costs(level, event) has a slowdown column.",
+              hint="`nesting_costs` has a slowdown column.",
               covers=("S1.10",)),
 )
 

@@ -16,7 +16,7 @@ question             what it asks                                             co
 ``ch2.p2m``          the host-physical address behind a guest-physical one    S2.2
 ``ch2.traps``        how often a looping guest traps into the VMM             S1.3
 ``ch2.equivalent``   is a guest equivalent under plain trap-and-emulate?      S2.1
-``ch2.bt-rewrites``  how many instructions binary translation rewrites        S2.1
+``ch2.bt-translated`` which instructions binary translation does not copy      S2.1
 ``ch2.credit``       credits a domain earns per accounting period (credit1)   S2.3
 ``ch2.lifecycle``    the first management operation that is illegal           S2.4
 ``ch2.precopy``      live rounds of a pre-copy migration                      S2.4
@@ -43,6 +43,7 @@ from virtcore.viz.selfcheck import (
     SelfCheck,
     as_int,
     as_int_pair,
+    as_mnemonics,
     register,
 )
 
@@ -91,7 +92,7 @@ def _gen_efficiency(rng: random.Random) -> tuple[str, dict[str, Any]]:
     return ("This guest kernel runs under a trap-and-emulate VMM (deprivileged, 特权解除). How "
             "many of its\ninstructions run directly on the host CPU, and how many trap into "
             "the VMM?\n\n" + _indent(source)
-            + "\n\nAnswer as a pair (direct, traps), e.g. (4, 2)."), {"source": source}
+            + "\n\nAnswer as a pair (direct, traps), like (0, 0)."), {"source": source}
 
 
 def _solve_efficiency(data: Mapping[str, Any]) -> tuple[int, int]:
@@ -127,7 +128,7 @@ def _gen_p2m(rng: random.Random) -> tuple[str, dict[str, Any]]:
     return (f"A VM has {pages} pages of 4 KiB (页). Its P2M table (guest-physical frame → host "
             f"frame) is\n    p2m = {vm.p2m}\nThe guest reads guest-physical address "
             f"{gpa:#06x}. Which host-physical address does the\naccess really reach? Answer "
-            "with an integer, e.g. 0x5abc."), data
+            "with an integer, like 0x3."), data
 
 
 def _solve_p2m(data: Mapping[str, Any]) -> int:
@@ -186,7 +187,7 @@ def _solve_equivalent(data: Mapping[str, Any]) -> bool:
     return check_equivalence(data["source"], technique="trap", max_steps=1_000).equivalent
 
 
-# -- ch2.bt-rewrites (binary translation) -------------------------------------------------
+# -- ch2.bt-translated (binary translation) ---------------------------------------------
 
 
 def _gen_bt(rng: random.Random) -> tuple[str, dict[str, Any]]:
@@ -194,18 +195,20 @@ def _gen_bt(rng: random.Random) -> tuple[str, dict[str, Any]]:
              for _ in range(rng.randint(6, 10))]
     lines.append("hlt")
     source = "\n".join(lines)
-    return ("A binary translator scans this guest kernel before it runs and rewrites every "
-            "instruction\nthat is sensitive but does not trap when deprivileged. How many "
-            "instructions does it rewrite?\n\n" + _indent(source) + "\n\nAnswer with an "
-            "integer."), {"source": source}
+    return ("A binary translator translates this block of guest-kernel code into its "
+            "translation cache.\nWhich instructions does it NOT copy unchanged (it replaces "
+            "them with code that acts on the\nvirtual CPU, or with a callout to the "
+            "monitor)? Answer with a list of mnemonics.\n\n" + _indent(source),
+            {"source": source})
 
 
-def _solve_bt(data: Mapping[str, Any]) -> int:
+def _solve_bt(data: Mapping[str, Any]) -> list[str]:
     from virtcore.hw import assemble
-    from virtcore.vmm import binary_translate
+    from virtcore.vmm import translate_block
 
     program = assemble(data["source"])
-    return binary_translate(program.words, program.origin).rewrites
+    block = translate_block(lambda a: program.words[(a - program.origin) // 4], program.origin)
+    return sorted(set(block.translated))
 
 
 # -- ch2.credit (S2.3: Xen credit1 accounting) ----------------------------------------------
@@ -312,18 +315,20 @@ CHECKS: tuple[SelfCheck, ...] = (
               hint="deprivileged, pushf shows the real IF (always 1 under the VMM) and popf "
                    "cannot change IF; does the difference survive to the end?",
               covers=("S2.1",)),
-    SelfCheck("ch2.bt-rewrites", 2, _gen_bt, _solve_bt, as_int,
-              hint="privileged instructions already trap; only the sensitive but "
-                   "unprivileged ones (pushf, popf) need rewriting.",
+    SelfCheck("ch2.bt-translated", 2, _gen_bt, _solve_bt, as_mnemonics,
+              hint="every instruction that is privileged or sensitive is translated — not only "
+                   "popf and pushf: cli must not trap either. Plain arithmetic, moves and stack "
+                   "operations are copied unchanged.",
               covers=("S2.1",)),
     SelfCheck("ch2.credit", 2, _gen_credit, _solve_credit, as_int,
-              hint="credit_total = 300 × pCPUs; fair = ceil(total × weight / Σweights), at "
-                   "most 300 per vCPU and ceil(cap × 300 / 100) with a cap; what a limited "
-                   "domain cannot use goes to the ones after it (credit_shares).",
+              hint="the total is 300 × pCPUs; a domain's fair part is ceil(total × weight / "
+                   "Σweights), at most 300 per vCPU and ceil(cap × 300 / 100) with a cap; what "
+                   "a limited domain cannot use goes to the ones after it (`credit_shares`).",
               covers=("S2.3",)),
     SelfCheck("ch2.lifecycle", 2, _gen_lifecycle, _solve_lifecycle, as_int,
-              hint="follow the state machine (lifecycle_graph / TRANSITIONS): e.g. resume "
-                   "needs 'paused', migrate needs 'running'.",
+              hint="follow the state machine (`lifecycle_graph`, `TRANSITIONS`): resume "
+                   "needs 'paused'; destroy forces a running or paused VM off; undefine needs "
+                   "a VM that is not running.",
               covers=("S2.4",)),
     SelfCheck("ch2.precopy", 2, _gen_precopy, _solve_precopy, as_int,
               hint="each round lasts pages / bandwidth seconds and dirties dirty rate × that "
