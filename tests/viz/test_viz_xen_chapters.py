@@ -12,23 +12,23 @@ import pytest
 pytest.importorskip("networkx")
 pytest.importorskip("ipywidgets")
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
 
-import nbformat  # noqa: E402
+import nbformat
 
-import virtcore.viz.selfcheck_xen as sx  # noqa: E402
-from virtcore.viz import xen_chapters as xc  # noqa: E402
-from virtcore.viz.selfcheck import REGISTRY, ask, check_answer, solution  # noqa: E402
-from virtcore.xen import Xen  # noqa: E402
-from virtcore.xen.constants import (  # noqa: E402
+import virtcore.viz.selfcheck_xen as sx
+from virtcore.viz import xen_chapters as xc
+from virtcore.viz.selfcheck import REGISTRY, check_answer, solution
+from virtcore.xen import Xen
+from virtcore.xen.constants import (
     EVTCHNSTAT_interdomain,
     GNTMAP_host_map,
     GNTTABOP_map_grant_ref,
     HYPERVISOR_grant_table_op,
 )
-from virtcore.xen.grant import GnttabMapGrantRef  # noqa: E402
+from virtcore.xen.grant import GnttabMapGrantRef
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = {"05-xen": 5, "06a-xen-internals": 6}
@@ -153,10 +153,10 @@ def test_toolstack_panel_drives_domains():
     p.buttons["unpause"].click()  # not paused: the toolstack reports Xen's error, caught
     assert not p.console.ok and "-EINVAL" in p.message.value
     p.buttons["destroy"].click()
-    assert "guest1" not in p.console.names() and p.graph.value[:4] == b"\x89PNG"
+    assert "guest1" not in p.console.names() and "Domain-0" in p.graph.value
 
 
-# ------------------------------------------------------------------ control and hardware (S6.1, S6.2)
+# ------------------------------------------------------------ control and hardware (S6.1, S6.2)
 
 
 def test_control_matrix_domu_gets_eperm_and_changes_nothing():

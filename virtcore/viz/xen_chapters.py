@@ -26,7 +26,6 @@ matplotlib, ipywidgets and networkx are imported inside the functions that need 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,8 +39,18 @@ if TYPE_CHECKING:
     from virtcore.xen.hypervisor import Xen
 
 __all__ = [
+    "BatchRun",
+    "ControlMatrix",
     "EventBitsConsole",
+    "KernelPath",
+    "PathComparison",
+    "PortBits",
+    "RingStep",
+    "SplitRequest",
     "ToolstackConsole",
+    "batch_requests",
+    "connect_block_device",
+    "control_matrix",
     "domain_stack_graph",
     "draw_domain_stack",
     "draw_event_channels",
@@ -49,10 +58,21 @@ __all__ = [
     "event_bits_panel",
     "event_channel_graph",
     "grant_graph",
+    "hardware_access",
+    "hardware_matrix",
+    "platform_table",
     "port_bits",
     "port_bits_table",
+    "pv_hvm_paths",
+    "render_ring_step",
+    "split_driver_stepper",
+    "split_request",
+    "stack_html",
     "toolstack_panel",
     "trace_table",
+    "vcpu_paths",
+    "vcpu_sweep",
+    "vcpu_table",
     "xl_list",
 ]
 
@@ -67,16 +87,6 @@ ROLE_COLOURS = {"hardware": "#9e9e9e", "xen": "#c62828", "dom0": "#1565c0",
 def _pre(text: str, colour: str | None = None) -> str:
     style = f' style="color:{colour}"' if colour else ""
     return f"{_PRE}<span{style}>{esc(text)}</span></pre>"
-
-
-def _figure(size: tuple[float, float]) -> Any:
-    return require("matplotlib.figure").Figure(figsize=size)
-
-
-def _png(fig: Any, dpi: int = 72) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
 
 
 def _new_axes(ax: Any, size: tuple[float, float]) -> Any:
@@ -192,6 +202,41 @@ def draw_domain_stack(xen: Xen, ax: Any = None, *, title: str | None = None) -> 
     ax.set_title(title or "the host: Xen on the hardware, the domains on Xen "
                  "(dashed: owns the device, runs its native driver)", fontsize=9)
     return ax
+
+
+def stack_html(xen: Xen) -> str:
+    """:func:`domain_stack_graph` as an HTML diagram: domains on Xen on the hardware.
+
+    What the toolstack widget shows after each click (HTML renders in a millisecond; the
+    matplotlib drawing of :func:`draw_domain_stack` takes far longer). Each domain box lists the
+    devices whose native driver it runs.
+
+    >>> from virtcore.xen import Xen
+    >>> "Domain-0" in stack_html(Xen(frames=256))
+    True
+    """
+    g = domain_stack_graph(xen)
+    doms = [n for n, a in g.nodes(data=True) if a["layer"] == 2]
+    cell = ("<td style='background:{bg};color:white;padding:4px 8px;text-align:center;"
+            "border:2px solid white;font-size:12px' colspan='{span}'>{text}</td>")
+    row_doms = []
+    for n in doms:
+        a = g.nodes[n]
+        d = xen.domains[a["domid"]]
+        devs = sorted(g.successors(n))
+        extra = f"<br><i>native driver: {esc(', '.join(devs))}</i>" if devs else ""
+        row_doms.append(cell.format(bg=ROLE_COLOURS[a["role"]], span=1,
+                                    text=f"<b>{esc(domain_label(d))}</b><br>{esc(d.type)}, "
+                                         f"{len(d.vcpus)} vCPU, {esc(d.state_letters())}"
+                                         f"{extra}"))
+    span = max(len(doms), 1)
+    devices = ", ".join(n for n, a in g.nodes(data=True) if a["role"] == "device")
+    return ("<table style='border-collapse:collapse'>"
+            f"<tr>{''.join(row_doms)}</tr>"
+            f"<tr>{cell.format(bg=ROLE_COLOURS['xen'], span=span, text='<b>Xen hypervisor</b>')}"
+            "</tr><tr>" + cell.format(bg=ROLE_COLOURS["hardware"], span=span,
+                                      text=f"hardware: CPUs, memory, {esc(devices)}")
+            + "</tr></table>")
 
 
 # ---------------------------------------------------------------------------
@@ -613,7 +658,7 @@ def toolstack_panel(*, xen: Xen | None = None) -> Any:
     """Buttons for ``xl create/pause/unpause/destroy``, a domain chooser, ``xl list`` live.
 
     Returns an ``ipywidgets.VBox`` with ``console``, ``buttons``, ``target`` (Dropdown),
-    ``message``, ``listing`` (HTML), ``graph`` (Image) and ``refresh()``.
+    ``message``, ``listing`` (HTML), ``graph`` (HTML: :func:`stack_html`) and ``refresh()``.
     """
     widgets = require("ipywidgets")
     console = ToolstackConsole(xen)
@@ -623,7 +668,7 @@ def toolstack_panel(*, xen: Xen | None = None) -> Any:
                               layout=widgets.Layout(width="240px"))
     message = widgets.HTML()
     listing = widgets.HTML()
-    graph = widgets.Image(format="png", layout=widgets.Layout(max_width="640px"))
+    graph = widgets.HTML()
 
     def refresh() -> None:
         names = console.names()
@@ -632,10 +677,7 @@ def toolstack_panel(*, xen: Xen | None = None) -> Any:
         target.value = current
         message.value = _pre(console.message, _OK if console.ok else _ERROR)
         listing.value = "<b>xl list</b>" + _pre(console.table())
-        fig = _figure((7.0, 3.2))
-        draw_domain_stack(console.xen, fig.add_subplot(1, 1, 1), title="")
-        fig.subplots_adjust(0.01, 0.01, 0.99, 0.99)
-        graph.value = _png(fig)
+        graph.value = stack_html(console.xen)
 
     def click(op: str) -> Callable[[Any], None]:
         def on_click(_b: Any) -> None:
@@ -939,9 +981,13 @@ def vcpu_paths(program: str, type: str = "pv", *, xen: Xen | None = None,
 
 @dataclass(frozen=True)
 class PathComparison:
-    """The same program as a PV kernel and as an HVM kernel (S3.6, S5.5)."""
+    """The same program as a PV kernel and as an HVM kernel (S3.6, S5.5).
+
+    ``serial`` is what the two runs wrote on the host's serial port, PV run first.
+    """
 
     paths: dict[str, KernelPath]
+    serial: str = ""
 
     def entries(self, type: str) -> int:
         """How many instructions entered Xen in the ``type`` run."""
@@ -976,8 +1022,10 @@ def pv_hvm_paths(program: str, *, ioports: range | None = range(0x3F8, 0x400)
     from virtcore.xen import Xen
 
     xen = Xen(frames=256)
-    return PathComparison({t: vcpu_paths(program, t, xen=xen, ioports=ioports)
-                           for t in ("pv", "hvm")})
+    paths = {t: vcpu_paths(program, t, xen=xen, ioports=ioports) for t in ("pv", "hvm")}
+    serial: Any = xen.platform["serial"].hw
+    out = serial.output
+    return PathComparison(paths, bytes(out).decode("latin-1"))
 
 
 def vcpu_sweep(ax: Any = None, *, loop: int = 20, max_privileged: int = 6) -> Any:
