@@ -1,4 +1,4 @@
-"""The library's import layering (design.md, "The three layers" and "virtcore, by package").
+"""The library's import layering: three layers (the machine, the monitors, the views), by package.
 
 Read statically with :mod:`ast` over every ``virtcore/**/*.py`` — every import counts, also the
 ones inside functions and under ``if TYPE_CHECKING:`` — so packages added later are checked
