@@ -37,6 +37,8 @@ What the model simplifies (to say in class)
 
 from __future__ import annotations
 
+import heapq
+
 from virtcore.errors import ConfigurationError
 from virtcore.hw.events import Access, PageFault
 from virtcore.hw.paging import MMU, PTE_P, PTE_U, PTE_W, TLB, PagingConfig
@@ -98,24 +100,29 @@ class VPIDAllocator:
             raise ConfigurationError(f"a tag space of {nr} does not fit 16 bits with 0 reserved")
         self.nr = nr
         self.name = name
-        self._used = {0}  # set_bit(0, vmx_vpid_bitmap): 0 is reserved for the host
-        self._next = 1
+        self._next = 1  # set_bit(0, vmx_vpid_bitmap): 0 is reserved for the host
+        self._freed: list[int] = []  # a heap of tags given back
+        self.in_use = 0
 
     def __repr__(self) -> str:
-        return f"VPIDAllocator({self.name}: {len(self._used) - 1} of {self.nr - 1} in use)"
+        return f"VPIDAllocator({self.name}: {self.in_use} of {self.nr - 1} in use)"
 
     def alloc(self) -> int:
         """The lowest free tag, or 0 if none is left."""
-        for tag in range(1, self.nr):
-            if tag not in self._used:
-                self._used.add(tag)
-                return tag
+        if self._freed:
+            self.in_use += 1
+            return heapq.heappop(self._freed)
+        if self._next < self.nr:
+            self._next += 1
+            self.in_use += 1
+            return self._next - 1
         return 0
 
     def free(self, tag: int) -> None:
         """Give ``tag`` back (0 is ignored, as KVM's ``free_vpid`` does)."""
-        if tag:
-            self._used.discard(tag)
+        if 0 < tag < self._next and tag not in self._freed:
+            heapq.heappush(self._freed, tag)
+            self.in_use -= 1
 
 
 class TaggedTLB:
