@@ -791,3 +791,15 @@ def test_arch_cost_model_is_the_course_cost_model():
         assert getattr(DEFAULT_MODEL, name) == getattr(DEFAULT_COSTS, name)
     p = event_path(hosted(), Event.IO)
     assert path_cost(p, DEFAULT_COSTS) == path_cost(p, DEFAULT_MODEL)
+
+
+def test_each_vm_reads_its_own_cr3_even_after_the_other_vm_wrote_its_own():
+    programs = {"vm1": ["add", "mov_cr3 0x1000", "disk_write 0 7", "disk_read 0"],
+                "vm2": ["disk_write 0 9", "load", "read_cr3", "disk_read 0"]}
+    after = 0
+    for seed in range(20):
+        t = run_duties(programs, seed=seed)
+        assert t.inbox("vm2")[1].value == 0          # vm2's own CR3, whatever the order
+        if t.served_at("vm1", "mov_cr3") < t.served_at("vm2", "read_cr3"):
+            after += 1                                  # ... including after vm1's write
+    assert after >= 5

@@ -299,6 +299,22 @@ class DutyTrace:
             boxes[r.vm].append(r)
         object.__setattr__(self, "_inboxes", {vm: tuple(rs) for vm, rs in boxes.items()})
 
+    def served_at(self, vm: str, op: str) -> int:
+        """The position, among all served traps, of ``vm``'s first ``op`` (−1 if never served).
+
+        Tells which of two VMs' requests the hypervisor carried out first:
+
+        >>> t = run_duties({"a": ["mov_cr3 5"], "b": ["read_cr3"]}, seed=2)
+        >>> sorted([t.served_at("a", "mov_cr3"), t.served_at("b", "read_cr3")])
+        [0, 1]
+        """
+        trap_of = {t.seq: t for t in self.traps}
+        for i, r in enumerate(self.results):  # results are kept in the order they were served
+            t = trap_of[r.seq]
+            if t.vm == vm and t.instr.op == op:
+                return i
+        return -1
+
     def inbox(self, vm: str) -> tuple[Result, ...]:
         """The results delivered to ``vm``, in delivery order."""
         try:
