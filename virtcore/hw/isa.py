@@ -8,8 +8,7 @@ differently depending on it — behaviour-sensitive).  The Popek–Goldberg
 test "is every sensitive instruction privileged?" is then a query on this
 table, and the answer for this machine is *no*, on purpose: ``popf`` and
 ``pushf`` are sensitive but unprivileged, exactly like x86's POPF/PUSHF
-(Robin & Irvine, USENIX Security 2000; ``reference/virtualization-facts.md``
-[RI00]).
+(Robin & Irvine, USENIX Security 2000 [RI00]).
 
 Encoding (one 32-bit little-endian word per instruction)::
 
