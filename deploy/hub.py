@@ -235,6 +235,7 @@ class Deployment:
         self.layout = layout
         self.state: dict[str, Any] = {"users": [], "pids": {}, "dirs": [], "postgres": False,
                                       "ports": []}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}  # what this process started
 
     # -- state ---------------------------------------------------------------------------------
     def _save(self) -> None:
@@ -393,6 +394,7 @@ class Deployment:
                                     start_new_session=True, **kwargs)
         finally:
             logf.close()
+        self.procs[key] = proc
         self.state["pids"][key] = proc.pid
         self._save()
         return proc
@@ -461,8 +463,12 @@ class Deployment:
         shutil.copytree(REPO / "course" / "source", course / "source",
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         (course / "students.csv").write_text(cfg.students_csv(lay))
+        t0 = time.monotonic()
         self.autograder("init")
+        log(f"course: autograder init {time.monotonic() - t0:.1f} s")
+        t0 = time.monotonic()
         self.autograder("release", FIRST_ASSIGNMENT)
+        log(f"course: autograder release {time.monotonic() - t0:.1f} s")
         # the instructor owns the course (the secret stays root's: only `grade` reads it)
         for p in [course, *course.rglob("*")]:
             if p.name != ".course_secret":
@@ -523,6 +529,9 @@ class Deployment:
             if key == "watchdog" and pids[key] == os.getpid():
                 continue
             _stop_group(pids[key], timeout=20)
+        for proc in self.procs.values():  # reap our own children
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
         proxy_pid = lay.hub_dir / "proxy.pid"
         with contextlib.suppress(OSError, ValueError):
             _stop_group(int(proxy_pid.read_text().strip()), timeout=10)
