@@ -8,7 +8,7 @@
     python -m autograder grade    a1_trap_and_emulate [--force] [--jobs N]
     python -m autograder feedback a1_trap_and_emulate            # per-check HTML pages
     python -m autograder export   [--to grades.csv]              # CSV from the gradebook
-    python -m autograder report   a1_trap_and_emulate [--out dir]  # PNG plots
+    python -m autograder report   a1_trap_and_emulate [--out dir]  # plots, answer similarity
 
 Every command takes ``--course DIR`` (default ``course``) and ``--db-url URL``
 (default: the course's ``nbgrader_config.py``, i.e. ``course/gradebook.db`` or
@@ -679,18 +679,35 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Save the score distribution and the per-check failure rates of an assignment as PNG."""
+    """Plot the scores and per-check failure rates (PNG); report answer similarity (CSV, PNG).
+
+    The similarity report (``autograder/similarity.py``) compares every answer cell with the
+    other students' and with the reference solution; it is for the instructor's judgement,
+    not an automatic penalty, and needs only the submissions.
+    """
+    from autograder import similarity
+
+    course: Path = args.course
+    spec = get_spec(args.assignment)
+    out = Path(args.out) if args.out else course / "reports"
+    _, lines = similarity.write_report(course, spec, out, threshold=args.similarity_threshold)
+    print("\n".join(lines))
+    results = [r for _, r in _iter_results(course, spec.name)]
+    if not results:
+        print(f"report: no grading results for {spec.name} yet: score plots skipped (run"
+              " `grade` first)")
+        return 0
+    _score_plots(spec, results, out)
+    return 0
+
+
+def _score_plots(spec: Any, results: list[Any], out: Path) -> None:
+    """``<a>-scores.png`` and ``<a>-checks.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    course: Path = args.course
-    spec = get_spec(args.assignment)
-    results = [r for _, r in _iter_results(course, spec.name)]
-    if not results:
-        raise CLIError(f"no grading results for {spec.name}: run `grade` first")
-    out = Path(args.out) if args.out else course / "reports"
     out.mkdir(parents=True, exist_ok=True)
     total = sum(p.points for p in spec.parts)
 
@@ -736,7 +753,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     fig.savefig(checks_path, dpi=100)
     plt.close(fig)
     print(f"report: {hist_path}\nreport: {checks_path}")
-    return 0
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -812,6 +828,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", parents=[common], help=_summary(cmd_report))
     s.add_argument("assignment")
     s.add_argument("--out", default=None, help="output folder (default: course/reports)")
+    s.add_argument("--similarity-threshold", type=float, default=0.8,
+                   help="flag answer pairs at least this similar, 0..1 (default: %(default)s;"
+                        " for the instructor's judgement, not a penalty)")
     s.set_defaults(func=cmd_report)
     return p
 
