@@ -11,14 +11,14 @@ from hypothesis import strategies as st
 from autograder import assignments
 from autograder.assignments import a1_trap_and_emulate as a1
 from autograder.assignments import a2_credit_scheduler as a2
-from autograder.grade import _seed_fn, run_visible
+from autograder.grade import _seed_fn, hidden_seed_key, run_visible
 from autograder.spec import AssignmentSpec, Check, GradingError, Part
 from virtcore.sched import RoundRobin
 from virtcore.sched.credit import Credit
 from virtcore.vmm.handlers import HandlerTable
 
 PROTOCOL = ("SPEC", "REFERENCES", "FORBIDDEN", "CASE_TIMEOUT", "CELL_TIMEOUT", "cases",
-            "worker_setup", "build", "run_case", "compare")
+            "worker_setup", "build", "run_case", "compare", "sandbox_plan")
 
 
 @pytest.mark.parametrize("name", sorted(assignments.REGISTRY))
@@ -45,7 +45,7 @@ def test_spec_validation():
 
 
 def _seeds(student: str, spec: AssignmentSpec, check: Check):
-    return _seed_fn("secret", student, spec.name, check)
+    return _seed_fn(hidden_seed_key("secret", student, spec.name, "0" * 64), spec.name, check)
 
 
 @pytest.mark.parametrize("mod", [a1, a2], ids=["a1", "a2"])

@@ -53,15 +53,19 @@ def test_feedback_lists_every_check_and_says_which_are_hidden():
     assert "The notebook was missing: missing" in feedback_text(missing)
 
 
-def test_secret_normalisation_and_redaction():
+def test_secret_normalisation_and_the_hidden_case_key():
     assert normalize_secret(b"abc \n") == normalize_secret("abc") == "abc"
     assert normalize_secret(b"\xff\x00") == "ff00"
     with pytest.raises(GradingError):
         normalize_secret(b"  ")
     with pytest.raises(GradingError):
         normalize_secret(42)  # type: ignore[arg-type]
-    assert grade._redact("the secret is abc!", "abc") == "the secret is <redacted>!"
-    assert len(grade._redact("x" * 5000, "abc")) == grade._MAX_MESSAGE
+    assert len(grade._clip("x" * 5000)) == grade._MAX_MESSAGE
+    # the secret only makes the hidden-case key: one per submission, never the secret itself
+    key = grade.hidden_seed_key(b"abc\n", "ann", "a1_trap_and_emulate", "00" * 32)
+    assert key == grade.hidden_seed_key("abc", "ann", "a1_trap_and_emulate", "00" * 32)
+    assert "abc" not in key and len(key) == 16
+    assert key != grade.hidden_seed_key("abc", "ann", "a1_trap_and_emulate", "01" * 32)
 
 
 def test_misuse_raises_grading_error(tmp_path, course):

@@ -16,7 +16,8 @@ from autograder.sandbox import Limits, run_worker
 PART = a1.SPEC.part("handlers_io")
 PREAMBLE = ["from virtcore.vmm import Action"]
 
-PROBE = r'''
+_PATHS = [str(sandbox.REPO_ROOT), "/etc/passwd", "/var/tmp", "/dev/shm"]
+PROBE = f"PROBE_PATHS = {_PATHS!r}\n" + r'''
 import json, os, resource, sys
 
 def handle_in(vcpu, insn):
@@ -25,7 +26,10 @@ def handle_in(vcpu, insn):
             "as": resource.getrlimit(resource.RLIMIT_AS)[0],
             "nproc": resource.getrlimit(resource.RLIMIT_NPROC)[0],
             "core": resource.getrlimit(resource.RLIMIT_CORE)[0],
-            "stdout_is_sink": not hasattr(sys.stdout, "fileno")}
+            "stdout_is_sink": not hasattr(sys.stdout, "fileno"),
+            "root": sorted(os.listdir("/")), "pids": sorted(p for p in os.listdir("/proc")
+                                                         if p.isdigit()),
+            "sys_path": sys.path, "exists": {p: os.path.exists(p) for p in PROBE_PATHS}}
     try:
         pid = os.fork()
         if pid == 0:
@@ -62,7 +66,8 @@ while True:
 
 def _task(source: str, cases: int = 1, **extra: object) -> dict:
     case = a1.cases(PART, PART.checks[0], lambda k: k)[:cases]
-    return {"assignment": a1.SPEC.name, "part": PART.grade_id, "preamble": PREAMBLE,
+    return {"assignment": a1.SPEC.name, "part": PART.grade_id, "harness": "a1",
+            "preamble": PREAMBLE,
             "cells": [{"grade_id": PART.grade_id, "source": source}], "cases": case, **extra}
 
 
@@ -75,9 +80,16 @@ def test_the_worker_is_confined(monkeypatch):
     text = case["result"]["error"]["message"]
     info = json.loads(text.split("PROBE")[-2])
     assert "VIRTCORE_COURSE_SECRET" not in info["env"]
-    assert set(info["env"]) <= {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PYTHONHASHSEED"}
-    assert info["home"] == info["cwd"] != str(Path.cwd())
-    assert not Path(info["cwd"]).exists()  # removed afterwards
+    assert set(info["env"]) <= {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PYTHONHASHSEED",
+                                "PWD"}
+    assert info["home"] == info["cwd"] == "/tmp"  # a private tmpfs, gone with the sandbox
+    # a root file system built from nothing: no checkout, no home, no /etc
+    assert set(info["root"]) <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+                                 "sandbox", "proc", "dev", "tmp", "var", "run", "root"}
+    assert info["exists"] == {str(sandbox.REPO_ROOT): False,
+                              "/etc/passwd": False, "/var/tmp": True, "/dev/shm": True}
+    assert all(not p.startswith(str(sandbox.REPO_ROOT)) for p in info["sys_path"])
+    assert len(info["pids"]) <= 3  # its own PID namespace: bwrap's init and itself
     assert info["as"] == Limits().address_space_bytes
     assert info["core"] == 0
     assert info["nproc"] == 0 and info["fork"] != "allowed"
@@ -85,7 +97,7 @@ def test_the_worker_is_confined(monkeypatch):
     assert info["stdout_is_sink"]
     if os.geteuid() == 0:
         assert (info["uid"], info["gid"], info["groups"]) == (65534, 65534, [])
-        assert run.messages[0] == {"type": "ready", "uid": 65534, "dropped": True}
+        assert run.messages[0]["uid"] == 65534  # setpriv dropped root before Python started
     assert "noise on stderr" in run.stderr
     assert run.garbage_lines == 0  # printing never reaches the result channel
 
@@ -118,6 +130,30 @@ def test_cpu_limit_is_reported_as_a_timeout():
     run = run_worker(_task(SPIN, cell_timeout=0.1), timeout=30,
                      limits=Limits(cpu_seconds=1))
     assert run.outcome == "timeout" and "CPU" in run.detail
+
+
+def test_the_staged_library_has_the_part_references_redacted():
+    lib = sandbox.stage(a1.SPEC.name, PART.grade_id)
+    handlers = (lib / "virtcore" / "vmm" / "handlers.py").read_text(encoding="utf-8")
+    assert sandbox.REDACTED_MARK in handlers
+    assert "virtcore.vmm.handlers.handle_in: " in handlers
+    assert "virtcore.vmm.handlers.handle_cli: " not in handlers  # other parts run on it
+    assert not list((lib / "virtcore" / "vmm" / "__pycache__").glob("handlers.*"))
+    assert sorted(p.name for p in (lib / "autograder").iterdir() if p.suffix == ".py") == [
+        "__init__.py", "worker.py"]
+    assert not (lib / "autograder" / "assignments").exists()
+    a3_lib = sandbox.stage("a3_userspace_vmm", "vmm_run_loop")
+    assert (a3_lib / "autograder" / "harness" / "a3_setup.py").exists()
+    assert not (a3_lib / "autograder" / "harness" / "a3_loop.py").exists()
+    a2_lib = sandbox.stage("a2_credit_scheduler", "credit_caps")
+    credit = (a2_lib / "virtcore" / "sched" / "credit.py").read_text(encoding="utf-8")
+    assert "CREDITS_PER_TSLICE" not in credit.split("class Credit", 1)[1].split("def ", 2)[-1]
+
+
+def test_no_sandbox_is_a_fault_not_a_grade(monkeypatch):
+    monkeypatch.setattr(sandbox, "sandbox_problem", lambda: "bubblewrap is not installed")
+    run = run_worker(_task("x = 1\n"), timeout=20)
+    assert run.outcome == "fault" and "bubblewrap is not installed" in run.detail
 
 
 def test_repo_root_is_this_checkout():
