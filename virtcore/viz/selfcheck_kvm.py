@@ -430,11 +430,12 @@ CHECKS: tuple[SelfCheck, ...] = (
     SelfCheck("kvm.errno", 3, _gen_errno, _solve_errno, as_errno,
               hint="unaligned addresses or sizes, unknown flags, deleting a missing slot and "
                    "resizing a slot are EINVAL; overlapping another slot or reusing a vCPU id "
-                   "is EEXIST; vCPU ids must be below 4096. Try it with `attempt`.",
+                   "is EEXIST; vCPU ids must be below 4096. Try it on the model: "
+                   "`open_kvm` gives a /dev/kvm that answers with the kernel's errors.",
               covers=("S3.1",)),
     SelfCheck("kvm.nice-share", 3, _gen_nice_share, _solve_nice_share, as_percent,
               hint="sum the weights of all threads; the VM gets (its threads × its weight) / "
-                   "that sum (`Host` and its `ps()` show the weights).",
+                   "that sum (`Host.ps` shows the weights).",
               covers=("S3.2",)),
     SelfCheck("kvm.needs-vtx", 3, _gen_needs_vtx, _solve_needs_vtx, as_accel,
               hint="kvm-intel loads only on a CPU with VMX (the vmx flag) and kvm-amd only with "
