@@ -43,9 +43,9 @@ What a student controls is read as data and never followed:
   per-student zip) and under the same limits.  Declared sizes may lie, so every read is
   also capped.
 - **A notebook is checked before it lands in ``submitted/``**: at most
-  :data:`MAX_NOTEBOOK_BYTES`, UTF-8 JSON nested at most :data:`MAX_JSON_DEPTH` deep (measured
-  without recursion: a 100,000-deep file is refused, not parsed), an object with a list of
-  cells.
+  :data:`MAX_NOTEBOOK_BYTES`, JSON nested at most :data:`MAX_JSON_DEPTH` deep (measured
+  without recursion: a 100,000-deep file is refused, not parsed).  A file that is not a
+  notebook at all is imported and graded *corrupt* (0, with the reason).
 - **One bad student never stops the others**: every problem is an outcome line for that
   student (``rejected: …``) and the import goes on.  A rejected submission leaves no notebook
   (``grade`` then scores it *missing*, 0) and a note ``import-rejected.txt`` saying why.
@@ -62,7 +62,6 @@ import contextlib
 import errno
 import hashlib
 import io
-import json
 import os
 import pwd
 import re
@@ -159,7 +158,12 @@ def json_depth(text: str) -> int:
 
 
 def check_notebook_bytes(data: bytes, limits: ImportLimits | None = None) -> str | None:
-    """Why ``data`` is not acceptable as a submitted notebook (None when it is).
+    """Why ``data`` must not reach ``submitted/`` (None when it may).
+
+    Only what would hurt the grader or the disk is refused here: more than
+    ``max_member_bytes``, or JSON nested deeper than ``max_json_depth`` (Python's parser
+    recurses and would crash on it).  A file that is merely not a notebook is imported and
+    scores 0 as *corrupt*, with the grader's reason.
 
     >>> check_notebook_bytes(b'{"cells": [], "nbformat": 4}') is None
     True
@@ -169,19 +173,9 @@ def check_notebook_bytes(data: bytes, limits: ImportLimits | None = None) -> str
     lim = limits or ImportLimits()
     if len(data) > lim.max_member_bytes:
         return f"larger than {lim.max_member_bytes} bytes"
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return "not UTF-8 text"
-    depth = json_depth(text)
+    depth = json_depth(data.decode("utf-8", errors="replace"))
     if depth > lim.max_json_depth:
         return f"nested {depth} levels deep (at most {lim.max_json_depth})"
-    try:
-        nb = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        return f"not JSON ({str(e)[:80]})"
-    if not isinstance(nb, dict) or not isinstance(nb.get("cells", nb.get("worksheets")), list):
-        return "not a notebook (no list of cells)"
     return None
 
 
