@@ -137,11 +137,14 @@ def xl_list(xen: Xen) -> TextView:
 
 
 def domain_stack_graph(xen: Xen) -> Any:
-    """The host as a directed graph: hardware → Xen → domains → the drivers each runs.
+    """The host as a directed graph: hardware → Xen → domains → the devices they drive.
 
-    Nodes carry ``layer`` (0 hardware, 1 Xen, 2 domains, 3 drivers), ``role`` and ``label``;
-    an edge ``a → b`` reads "b runs on a" (or, to a device, "owns it"). Built from
-    ``xen.domains`` and ``xen.platform`` on every call, so it follows the running host.
+    Nodes carry ``layer`` (0 hardware and devices, 1 Xen, 2 domains), ``role`` and ``label``;
+    an edge ``a → b`` with no ``kind`` reads "b runs on a"; ``kind="owns"`` goes from a domain
+    to a device whose native driver it runs; ``kind="split"`` from a domain's frontend to the
+    domain with its backend (``device`` ``"vbd"`` or ``"vif"``). Built from ``xen.domains``,
+    ``xen.platform`` and the toolstack's split-driver pairs on every call, so it follows the
+    running host.
 
     >>> from virtcore.xen import Xen
     >>> xen = Xen(frames=256); g = domain_stack_graph(xen)
@@ -163,6 +166,10 @@ def domain_stack_graph(xen: Xen) -> Any:
         g.add_edge("xen", node)
         for dev in sorted(d.devices):
             g.add_edge(node, dev, kind="owns")
+    for (fe, kind), front in sorted(xen.xl.frontends.items()):
+        a, b = f"d{fe}", f"d{front.be}"
+        if a in g and b in g:
+            g.add_edge(a, b, kind="split", device=kind)
     return g
 
 
@@ -186,12 +193,17 @@ def draw_domain_stack(xen: Xen, ax: Any = None, *, title: str | None = None) -> 
     colours = [ROLE_COLOURS[g.nodes[n]["role"]] for n in g.nodes]
     stack_edges = [(a, b) for a, b, k in g.edges(data="kind") if k is None]
     own_edges = [(a, b) for a, b, k in g.edges(data="kind") if k == "owns"]
+    split_edges = [(a, b) for a, b, k in g.edges(data="kind") if k == "split"]
     nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=900, alpha=0.85)
     nx.draw_networkx_edges(g, pos, edgelist=stack_edges, ax=ax, arrows=False, width=1.5,
                            edge_color="#777777")
     nx.draw_networkx_edges(g, pos, edgelist=own_edges, ax=ax, style="dashed",
                            edge_color=ROLE_COLOURS["device"], arrows=True,
                            connectionstyle="arc3,rad=0.15")
+    if split_edges:
+        nx.draw_networkx_edges(g, pos, edgelist=split_edges, ax=ax, style="dotted",
+                               edge_color=ROLE_COLOURS["domu"], arrows=True, width=1.5,
+                               connectionstyle="arc3,rad=0.35", node_size=900)
     labels = {n: g.nodes[n]["label"] for n in g.nodes}
     for n, (x, y) in pos.items():
         ax.annotate(labels[n], (x, y), xytext=(0, -24 if y == 0 else 22),
@@ -199,8 +211,8 @@ def draw_domain_stack(xen: Xen, ax: Any = None, *, title: str | None = None) -> 
     ax.set_ylim(-0.6, 2.6)
     ax.set_xlim(-0.8, width - 0.2)
     ax.set_axis_off()
-    ax.set_title(title or "the host: Xen on the hardware, the domains on Xen "
-                 "(dashed: owns the device, runs its native driver)", fontsize=9)
+    ax.set_title(title or "the host: Xen on the hardware, the domains on Xen (dashed: owns the "
+                 "device, runs its native driver;\ndotted: frontend → backend)", fontsize=9)
     return ax
 
 
@@ -223,8 +235,11 @@ def stack_html(xen: Xen) -> str:
     for n in doms:
         a = g.nodes[n]
         d = xen.domains[a["domid"]]
-        devs = sorted(g.successors(n))
+        devs = sorted(b for b in g.successors(n) if g.edges[n, b].get("kind") == "owns")
+        fronts = sorted(f"{g.edges[n, b]['device']} → {b}" for b in g.successors(n)
+                        if g.edges[n, b].get("kind") == "split")
         extra = f"<br><i>native driver: {esc(', '.join(devs))}</i>" if devs else ""
+        extra += f"<br><i>frontends: {esc(', '.join(fronts))}</i>" if fronts else ""
         row_doms.append(cell.format(bg=ROLE_COLOURS[a["role"]], span=1,
                                     text=f"<b>{esc(domain_label(d))}</b><br>{esc(d.type)}, "
                                          f"{len(d.vcpus)} vCPU, {esc(d.state_letters())}"
@@ -582,15 +597,17 @@ def draw_grants(xen: Xen, ax: Any = None, *, title: str | None = None) -> Any:
 # the trace
 
 
-def trace_table(events: Sequence[Any], *, kinds: Sequence[str] | None = None) -> TableView:
-    """Xen trace events as a table: seq, who, kind, what, cost (ns).
+def trace_table(events: Sequence[Any], *, kinds: Sequence[str] | None = None,
+                width: int = 96) -> TableView:
+    """Xen trace events as a table: seq, who, kind, what (cut at ``width``), cost (ns).
 
     >>> from virtcore.xen import Xen
     >>> t = trace_table(Xen(frames=256).boot_trace)
     >>> t.head, t.rows[0][1]
     (('#', 'who', 'kind', 'what', 'ns'), 'xen')
     """
-    rows = [(str(e.seq), "xen" if e.domid is None else f"d{e.domid}", e.kind, e.text,
+    rows = [(str(e.seq), "xen" if e.domid is None else f"d{e.domid}", e.kind,
+             e.text if len(e.text) <= width else e.text[: width - 1] + "…",
              f"{e.cost:g}" if e.cost else "")
             for e in events if kinds is None or e.kind in kinds]
     total = sum(e.cost for e in events if kinds is None or e.kind in kinds)
