@@ -217,6 +217,8 @@ def run_guest(guest: Guest | bytes, *, backend: str = "model", isa: str | None =
                 vcpu.ioctl(KVM_GET_REGS, now)
                 report.regs_at_exit.append(now)
             if rec.reason == KVM_EXIT_IO:
+                assert rec.size is not None
+                assert rec.count is not None
                 if rec.direction == KVM_EXIT_IO_OUT:
                     if rec.port == COM1:
                         out += rec.data[::rec.size]  # the UART takes the low byte
@@ -227,6 +229,8 @@ def run_guest(guest: Guest | bytes, *, backend: str = "model", isa: str | None =
                     run.set_io_data(data)
                     rec = replace(rec, data=data)
             elif rec.reason == KVM_EXIT_MMIO:
+                assert rec.phys_addr is not None
+                assert rec.size is not None
                 if rec.is_write:
                     for i, b in enumerate(rec.data):
                         scratch[rec.phys_addr + i] = b

@@ -209,6 +209,8 @@ class _ModelFd:
     (``SystemFd.kind == "system"``, as the real backend reports).
     """
 
+    kind: str  # set by the API class each descriptor also derives from
+
     def __init__(self) -> None:
         self._fd = next(_fd_numbers)
         self._pid = os.getpid()
@@ -666,6 +668,8 @@ class _TeachingHost:
         """Copy user pages changed since the last run into the machine's memory."""
         memory = self.memory
         string_at = ctypes.string_at
+        memory = self.memory
+        assert memory is not None, "ensure() builds the memory first"
         for hva, hpa, size, shadow in self.shadows:
             now = string_at(hva, size)
             if shadow != now:
@@ -675,6 +679,7 @@ class _TeachingHost:
     def sync_out(self, full: bool) -> None:
         """Copy pages the guest wrote back to user memory (EPT D bits, or all if ``full``)."""
         memory = self.memory
+        assert memory is not None, "ensure() builds the memory first"
         words = memory.words
         for i, (index, hva, hpa, _gpa) in enumerate(self.pages):
             if words[index] & PTE_D or full:
@@ -793,6 +798,7 @@ class TeachingEngine:
             state = None
             if self.cpu is not None and self._state is None:
                 state = self.cpu.save_state()
+            assert host.memory is not None, "ensure() builds the memory first"
             mmu = MMU(host.memory, PagingConfig.x86_32(), nested=host.ept)
             cpu = CPU(host.memory, mmu, Bus(InterruptController(), None))
             if state is not None:
@@ -872,11 +878,11 @@ class TeachingEngine:
                     cpu.pc = (ev.pc + 4) & MASK32
                     io.direction = KVM_EXIT_IO_OUT
                     ctypes.memmove(ctypes.addressof(run) + PIO_DATA_OFFSET,
-                                   int(q["value"]).to_bytes(4, "little"), 4)
+                                   int(q["value"]).to_bytes(4, "little"), 4)  # type: ignore[call-overload]
                 else:
                     io.direction = KVM_EXIT_IO_IN  # pc stays at the IN until completion
                     cpu.pc = ev.pc
-                    self._pending = ("in", int(q["register"]), ev.pc)
+                    self._pending = ("in", int(q["register"]), ev.pc)  # type: ignore[call-overload]
                 return
             if reason is ExitReason.VMCALL:
                 # handled in "KVM": unknown hypercall (kvm_emulate_hypercall)

@@ -222,7 +222,7 @@ class IOExit(NamedTuple):
     direction: int
     size: int
     port: int
-    count: int = 1
+    count: int = 1  # type: ignore[assignment]  # kvm_run.io.count (shadows tuple.count)
     data: bytes = b""
 
     def __str__(self) -> str:
@@ -456,7 +456,7 @@ class ExitLogEntry(NamedTuple):
     ['1', 'KVM_EXIT_IO', 'OUT', 'port', '0x3f8', 'size', '1', 'serial', 'user', '4100', 'ns']
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # the exit's number (shadows tuple.index)
     reason: str
     detail: str
     device: str
@@ -571,6 +571,8 @@ class VirtioNotifyPort(Device):
         self.vhost = vhost
         device.interrupt_callback = lambda _queue: self.interrupt()
 
+    ports: range  # always set (a port device)
+
     def port_write(self, port: int, value: int) -> None:
         if port == self.ports.start:
             self.device.kick(value & 0xFFFF)
@@ -673,9 +675,10 @@ class QemuVMM:
         device's work in user space.  With ``vhost=True`` a host-kernel worker does
         that work instead (vhost-net, vhost-scsi [VHOST]): no trip to user space at all.
         """
-        return self.bus.attach(VirtioNotifyPort(device, name=name, base=port,
-                                                irq_line=irq_line, ioeventfd=ioeventfd,
-                                                vhost=vhost))
+        kick = VirtioNotifyPort(device, name=name, base=port, irq_line=irq_line,
+                                ioeventfd=ioeventfd, vhost=vhost)
+        self.bus.attach(kick)
+        return kick
 
     @property
     def serial(self) -> Serial:
@@ -1102,10 +1105,10 @@ class KvmApiVcpu:
             return VcpuExit(KVM_EXIT_INTR, detail=f"KVM_RUN: EINTR ({e.strerror or e})")
         rec = self._read_exit(self.kvm_run)
         if rec.reason == KVM_EXIT_IO:
-            ex = VcpuExit(KVM_EXIT_IO, io=IOExit(rec.direction, rec.size, rec.port, rec.count,
-                                                  rec.data))
+            ex = VcpuExit(KVM_EXIT_IO, io=IOExit(rec.direction or 0, rec.size or 0,
+                                                  rec.port or 0, rec.count or 0, rec.data))
         elif rec.reason == KVM_EXIT_MMIO:
-            ex = VcpuExit(KVM_EXIT_MMIO, mmio=MMIOExit(rec.phys_addr, rec.size,
+            ex = VcpuExit(KVM_EXIT_MMIO, mmio=MMIOExit(rec.phys_addr or 0, rec.size or 0,
                                                         bool(rec.is_write), rec.data))
         else:
             detail = f"suberror {rec.suberror}" if rec.suberror is not None else ""
@@ -1496,8 +1499,10 @@ def compare_block_io(
         vmm.add_virtio(dev, name="vblk", ioeventfd=name == "virtio+ioeventfd",
                        vhost=name == "vhost")
         gio = GuestIO(vmm, native=name == "native")
-        drv = VirtioBlkDriver(mem, dev, queue_size=qs, base=0x1000,
-                              notify=lambda g=gio: g.outl(VIRTIO_NOTIFY_PORT, 0))
+        def kick_blk(g: GuestIO = gio) -> None:
+            g.outl(VIRTIO_NOTIFY_PORT, 0)
+
+        drv = VirtioBlkDriver(mem, dev, queue_size=qs, base=0x1000, notify=kick_blk)
         ref = bytearray(dev.disk)
         lat = []
         ok = True
@@ -1605,8 +1610,10 @@ def compare_net_tx(
         vmm.add_virtio(dev, name="vnet", ioeventfd=name == "virtio+ioeventfd",
                        vhost=name == "vhost", irq_line=9)
         gio = GuestIO(vmm, native=name == "native")
-        drv = VirtioNetDriver(mem, dev, queue_size=qs, base=0x1000,
-                              notify=lambda q, g=gio: g.outl(VIRTIO_NOTIFY_PORT, q))
+        def kick_net(q: int, g: GuestIO = gio) -> None:
+            g.outl(VIRTIO_NOTIFY_PORT, q)
+
+        drv = VirtioNetDriver(mem, dev, queue_size=qs, base=0x1000, notify=kick_net)
         lat = []
         for b0 in range(0, frames, batch):
             t0 = vmm.stats.time_ns

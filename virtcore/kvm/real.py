@@ -184,7 +184,9 @@ def kvm_available(path: str | None = None) -> tuple[bool, str]:
         version = kvm.ioctl(KVM_GET_API_VERSION, 0)
         if version != KVM_API_VERSION:
             return False, f"{path}: KVM_GET_API_VERSION returned {version}, not 12"
-        with kvm.create_vm(0) as vm, vm.create_vcpu(0) as vcpu:
+        vm = kvm.create_vm(0)
+        vcpu = vm.create_vcpu(0)
+        with vm, vcpu:
             vcpu.mmap(kvm.vcpu_mmap_size())
     except OSError as e:
         return False, f"{path} opens but is not usable: {e}"

@@ -1527,6 +1527,8 @@ class VirtioBlkDriver:
     def collect(self) -> list[tuple[object, int, int]]:
         """Every finished request since the last call: ``(token, status, bytes written)``."""
         out = []
+        slot: int
+        token: object
         while (got := self.queue.get_used()) is not None:
             (slot, token), written = got  # type: ignore[misc]
             status = self.memory.read_bytes(self.slots_base + self.SLOT * slot + 16, 1)[0]

@@ -295,12 +295,12 @@ def struct_table(struct: ctypes.Structure | type[ctypes.Structure]) -> TableView
     if not (isinstance(cls, type) and issubclass(cls, (ctypes.Structure, ctypes.Union))):
         raise ViewError(f"struct_table needs a ctypes structure, not {struct!r}")
     instance = None if isinstance(struct, type) else struct
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name, ftype, *_ in cls._fields_:
         desc = getattr(cls, name)
         value = "" if instance is None else _value_text(getattr(instance, name))
         rows.append((name, str(desc.offset), str(desc.size), _ctype_name(ftype), value))
-    head = ("field", "offset", "size", "C type", "value")
+    head: tuple[str, ...] = ("field", "offset", "size", "C type", "value")
     if instance is None:
         head, rows = head[:4], [r[:4] for r in rows]
     return TableView.build(head, rows, right=(1, 2),
@@ -377,11 +377,12 @@ def exit_table(trace: RunReport | Sequence[ExitRecord]) -> TableView:
     with_rip = bool(regs) and len(regs) == len(recs)
     rows = []
     for i, rec in enumerate(recs, start=1):
-        cells = (str(i), str(rec.reason), rec.name, *_exit_cells(rec))
+        cells: tuple[str, ...] = (str(i), str(rec.reason), rec.name, *_exit_cells(rec))
         if with_rip:
             cells += (f"{regs[i - 1].rip:#x}",)
         rows.append(cells)
-    head = ("#", "exit_reason", "name", "dir", "port / address", "size", "count", "data", "note")
+    head: tuple[str, ...] = ("#", "exit_reason", "name", "dir", "port / address", "size",
+                             "count", "data", "note")
     if with_rip:
         head += ("rip after",)
     return TableView.build(head, rows, right=(0, 1))

@@ -255,7 +255,7 @@ def _solve_errno(data: Mapping[str, Any]) -> str:
                 mem = memories[min(slot, len(memories) - 1)]
                 vm.set_user_memory_region(slot, gpa, size, mem.address, flags)
     except OSError as err:
-        result = errno.errorcode[err.errno]
+        result = errno.errorcode[err.errno or 0]
     finally:
         vm.close()
         kvm.close()
