@@ -34,7 +34,7 @@ help:
 	@echo "make lab     create/update .venv and open JupyterLab on $(START_NOTEBOOK)"
 	@echo "make test    create/update .venv and run the whole test suite (PYTEST_ARGS=...)"
 	@echo "make bench   run the benchmarks (BENCH_ARGS=...)"
-	@echo "make lint    ruff check"
+	@echo "make lint    ruff check + mypy (virtcore, autograder)"
 	@echo "make clean   remove .venv and test artefacts"
 	@echo "make hub     (root) bring a course hub up on this machine, loopback only (HUB_ARGS=...)"
 	@echo "make hub-down  take it down: servers stopped, accounts and directories removed"
@@ -69,6 +69,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # A course hub (JupyterHub, nbgrader exchange, PostgreSQL gradebook, TLS Dask cluster) on this
 # machine, loopback only, for a try; stops by itself after 60 min (HUB_ARGS='--minutes 0': never).
