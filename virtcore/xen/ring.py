@@ -244,6 +244,12 @@ class FrontRing:
         self.rsp_cons = (self.rsp_cons + 1) & RING_IDX_MASK
         return self.layout.unpack_rsp(data)
 
+    def response_prod_overflow(self) -> bool:
+        """``RING_RESPONSE_PROD_OVERFLOW``: the peer published more than a ring's worth."""
+        return ((_get(self.acc, _RSP_PROD) - self.req_prod_pvt) & RING_IDX_MASK) < (
+            RING_IDX_MASK // 2) and ((_get(self.acc, _RSP_PROD) - self.rsp_cons)
+                                     & RING_IDX_MASK) > self.nr_ents
+
     def final_check_for_responses(self) -> bool:
         """``RING_FINAL_CHECK_FOR_RESPONSES``: re-arm ``rsp_event`` when idle, then re-check."""
         if self.unconsumed_responses():
@@ -288,6 +294,11 @@ class BackRing:
         _put(self.acc, _RSP_PROD, new)
         rsp_event = _get(self.acc, _RSP_EVENT)
         return ((new - rsp_event) & RING_IDX_MASK) < ((new - old) & RING_IDX_MASK)
+
+    def request_prod_overflow(self) -> bool:
+        """``RING_REQUEST_PROD_OVERFLOW``: ``req_prod - rsp_prod_pvt > RING_SIZE`` — a bogus
+        (or corrupted) producer index; a back end must stop rather than loop on it."""
+        return ((_get(self.acc, _REQ_PROD) - self.rsp_prod_pvt) & RING_IDX_MASK) > self.nr_ents
 
     def final_check_for_requests(self) -> bool:
         """``RING_FINAL_CHECK_FOR_REQUESTS``: re-arm ``req_event`` when idle, then re-check."""

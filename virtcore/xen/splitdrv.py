@@ -297,8 +297,8 @@ class BlkFront(_Front):
         assert self.ring is not None
         self.xen.trace.add("sched", self.fe, f"switch to d{self.fe} (blkfront)",
                            cost=self.xen.costs.context_switch)
-        while True:
-            while self.ring.unconsumed_responses():
+        for _ in range(4):  # bounded: a corrupted ring must not hang the guest either
+            for _rsp in range(min(self.ring.unconsumed_responses(), self.ring.nr_ents)):
                 rid, _op, status = self.ring.get_response()
                 self.xen.trace.add("ring", self.fe, f"blkfront reads response id {rid}:"
                                    f" {BLKIF_RSP_NAMES.get(status, status)}",
@@ -409,6 +409,7 @@ class BlkBack(_Back):
         self.ring: BackRing | None = None
         self.requests = 0
         self.rejected = 0
+        self.broken = False
 
     def connect(self) -> None:
         acc = self._map_ring(self._read_int("ring-ref"))
@@ -421,7 +422,12 @@ class BlkBack(_Back):
         self._switch(self.be)
         try:
             while True:
-                while self.ring.unconsumed_requests():
+                if self.ring.request_prod_overflow():
+                    self.xen.trace.add("back", self.be, "blkback: frontend provided bogus ring"
+                                       " requests; ring stopped")
+                    self.broken = True
+                    return
+                for _req in range(self.ring.unconsumed_requests()):
                     req = self.ring.get_request()
                     self.xen.trace.add("ring", self.be, f"blkback reads request id {req[3]}",
                                        cost=self.xen.costs.ring_slot)
@@ -559,15 +565,15 @@ class NetFront(_Front):
         assert self.tx is not None
         assert self.rx is not None
         xen = self.xen
-        while True:
-            while self.tx.unconsumed_responses():
+        for _ in range(4):
+            for _rsp in range(min(self.tx.unconsumed_responses(), self.tx.nr_ents)):
                 tid, status = self.tx.get_response()
                 self.tx_status[tid] = status
             if not self.tx.final_check_for_responses():
                 break
         got = 0
-        while True:
-            while self.rx.unconsumed_responses():
+        for _ in range(4):
+            for _rsp in range(min(self.rx.unconsumed_responses(), self.rx.nr_ents)):
                 rid, offset, _flags, status = self.rx.get_response()
                 pfn, mfn, ref = self.posted.pop(rid, (-1, -1, -1))
                 if pfn < 0:
@@ -650,7 +656,10 @@ class NetBack(_Back):
         packets: list[bytes] = []
         try:
             while True:
-                while self.tx.unconsumed_requests():
+                if self.tx.request_prod_overflow():
+                    xen.trace.add("back", self.be, "netback: bogus tx ring; stopped")
+                    return
+                for _req in range(self.tx.unconsumed_requests()):
                     gref, offset, _flags, tid, size = self.tx.get_request()
                     status = NETIF_RSP_OKAY
                     if self.buffer_pfn < 0 or offset + size > xen.memory.frame_size or not size:
