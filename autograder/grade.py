@@ -1,29 +1,31 @@
-"""Grade one submitted notebook: solution cells in a confined worker, scores in the grader.
+"""Grade one submitted notebook: solution cells in a sandbox, scores in the grader.
 
-:func:`grade_notebook` is the whole pipeline for one (student, assignment):
+:func:`grade_submission` (a :class:`GradeTask` of plain data in, a :class:`GradeOutcome` out;
+picklable, for any executor) is the whole pipeline for one (student, assignment);
+:func:`grade_notebook` is the same for a notebook file, in this process:
 
-1. read the submission's solution cells and the source notebook's preamble
-   (:mod:`autograder.extract`) — a missing or corrupt notebook scores 0 with a reason;
-2. scan every solution cell (:func:`autograder.integrity.scan`); a flagged cell's part scores
-   0 (``"integrity"``) without running.  A cell flagged only for *using the reference* still
-   runs (with the references switched off) when other parts are graded, since they may build
-   on its definitions — if they reach the reference through it, they are caught at run time
-   and score 0 too; a cell flagged for anything else (patching, builtins, processes…) never
-   runs (:data:`RUN_FLAGGED`);
-3. for each part: generate the cases of its checks here — visible checks from public seeds,
-   hidden ones from ``derive_seed(secret, student, assignment, check, k)`` — and run **one
-   worker per part** (:func:`autograder.sandbox.run_worker`), which executes the preamble and
-   the solution cells and returns a trace per case;
-4. compare each trace with the reference, computed here by the assignment module
-   (``compare``): partial credit per check = its points × the fraction of cases passed;
-   messages name the case (label and seed) and the first divergence.
+1. caps before parsing (:data:`MAX_NOTEBOOK_BYTES`, :data:`MAX_CELLS`), then the notebook is
+   parsed and its solution cells scanned (:mod:`autograder.analysis`) in a bounded
+   subprocess — a missing or corrupt notebook scores 0 with a reason; a flagged cell's part
+   scores 0 (``"integrity"``) without running.  A cell flagged only for *using the
+   reference* still runs when other parts are graded (the reference is not in the sandbox,
+   so reaching it there fails too); a cell flagged for anything else never runs
+   (:data:`RUN_FLAGGED`);
+2. for each part: generate the cases of its checks here — visible checks from public seeds,
+   hidden ones from the submission's key (:func:`hidden_seed_key`: secret, student,
+   assignment, notebook hash) — and run **one sandbox per part**
+   (:func:`autograder.sandbox.run_worker`), all parts within the student's time budget;
+3. validate what came back against the worker's message grammar, and compare each trace with
+   the reference computed here by the assignment module (``compare``): partial credit per
+   check = its points × the fraction of cases passed; messages name the case and the first
+   divergence (a hidden case without its seed: that goes to the instructor-only field).
 
 Faults cost only the part they hit: a worker that crashes or times out while running *another*
 part's cell makes that cell excluded (its part gets the crash) and the part is retried; one
-that dies on this part's cell or cases gives this part 0 with the reason.  Nothing the worker
-sends is trusted beyond being data: it is validated and compared with what the grader
-computed itself, so patching anything inside the worker cannot raise a score.  The course
-secret never leaves this process and is redacted from every message.
+that dies on this part's cell or cases gives this part 0 with the reason.  A sandbox that fails
+before student code ran, or a worker killed from outside, is retried (:data:`RETRIES`); if the
+fault persists the outcome is not a grade (``GradeOutcome.faults``).  Nothing the worker sends
+is trusted beyond being data; the course secret is never in this process's tasks.
 
 >>> r = NotebookResult("alice", "a9", 1.5, 3.0, "ok", [], "", 0.1)
 >>> NotebookResult.from_json(r.to_json()) == r
@@ -39,7 +41,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from autograder import assignments, extract, integrity, sandbox
+from autograder import assignments, extract, sandbox
+from autograder.analysis import MAX_CELL_CHARS
 from autograder.spec import AssignmentSpec, Check, GradingError, Part
 from virtcore.rng import derive_seed
 
@@ -227,14 +230,12 @@ def _case_name(case: dict[str, Any], *, with_seed: bool = True) -> str:
 MAX_NOTEBOOK_BYTES = 8 * 1024 * 1024
 #: More cells than this (counted in the raw file, before parsing): ``corrupt``.
 MAX_CELLS = 1000
-#: A solution cell longer than this (characters) is not run; its part scores 0 (``error``).
-MAX_CELL_CHARS = 200_000
 #: Seconds a whole student (every part, every retry) may take, unless the task says otherwise.
 STUDENT_BUDGET = 300.0
 #: Infrastructure faults (and SIGKILLs from outside) retried per part before giving up.
 RETRIES = 2
 _ANALYSE = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]);"
-            " from autograder.grade import _analyse_main; _analyse_main()")
+            " from autograder.analysis import main; main()")
 
 
 @dataclass(frozen=True)
@@ -314,42 +315,11 @@ class _Notebook:
     retried: int = 0
 
 
-def _analyse_main() -> None:
-    """Entry point of the analysis subprocess: notebook bytes on stdin, JSON on stdout."""
-    import json
-    import sys
-
-    args = json.loads(sys.argv[2])
-    raw = sys.stdin.buffer.read()
-    out = _analyse(raw, args["forbidden"], args["preamble"])
-    sys.stdout.write(json.dumps(out))
-
-
-def _analyse(raw: bytes, forbidden: list[str], preamble: list[str]) -> dict[str, Any]:
-    """Parse the notebook, take its solution cells, scan them (in the analysis subprocess)."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        return {"error": f"corrupt: not UTF-8 text ({e.reason} at byte {e.start})"}
-    try:
-        cells = extract.solution_cells(extract._parse(text))
-    except extract.SubmissionError as e:
-        return {"error": e.reason}
-    except RecursionError:
-        return {"error": "corrupt: nested too deeply to be a notebook"}
-    kept = [c for c in cells if len(c.source) <= MAX_CELL_CHARS]
-    found = integrity.scan_cells([(c.grade_id, c.source) for c in kept],
-                                 forbidden=forbidden, preamble=preamble)
-    return {"cells": [{"grade_id": c.grade_id, "source": c.source, "index": c.index}
-                      for c in cells],
-            "too_large": [c.grade_id for c in cells if len(c.source) > MAX_CELL_CHARS],
-            "findings": {gid: [[f.rule, str(f)] for f in fs] for gid, fs in found.items()}}
-
-
 def _analyse_bounded(raw: bytes, module: ModuleType, preamble: list[str],
                      timeout: float) -> dict[str, Any]:
-    """:func:`_analyse` in a subprocess with a memory and CPU limit and a wall timeout: a
-    notebook built to be slow or huge to parse costs at most that, never the grader."""
+    """:func:`autograder.analysis.analyse` in a subprocess with a memory and CPU limit and a
+    wall timeout: a notebook built to be slow or huge to parse costs at most that, never the
+    grader."""
     import json
     import resource
     import subprocess

@@ -236,3 +236,64 @@ def test_grading_as_an_ordinary_user_is_as_safe(tmp_path: Path) -> None:
     assert A.leftovers(tmp_path) == []
     for d in ("/tmp", "/var/tmp", "/dev/shm"):
         assert not Path(d, f"virtcore-left-{marker}").exists()
+
+
+def test_killing_grade_kills_its_sandboxes(tmp_path: Path) -> None:
+    """SIGKILL of the CLI mid-run: its pool dies with it (PDEATHSIG), each sandbox with its
+    pool process (--die-with-parent) — nothing of the run is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp_path.chmod(0o755)
+    course = A.new_course(tmp_path / "course")
+    assert A.cli(course, tmp_path, "init").returncode == 0
+    A.put(course, A1, "sleeper", A.submission(A1, extra=["import time\ntime.sleep(4.5)\n"] * 20))
+    proc = subprocess.Popen([sys.executable, "-m", "autograder", "grade", A1, "--course",
+                             str(course), "--jobs", "1"], cwd=A.REPO, env=A.env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("bwrap" in p for p in A.leftovers(tmp_path)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no sandbox started"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while A.leftovers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert A.leftovers(tmp_path) == []
+    assert not (course / "autograded" / "sleeper").exists()  # nothing half-graded was cached
+
+
+def test_grade_refuses_without_a_sandbox_and_faults_are_never_cached(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from autograder import cli, sandbox
+    from autograder.sandbox import WorkerRun
+
+    course = A.new_course(tmp_path / "course")
+    assert A.cli(course, tmp_path, "init").returncode == 0
+    A.put(course, A1, "ref", A.reference(A1))
+    monkeypatch.setattr(sandbox, "sandbox_problem", lambda: "bubblewrap is not installed")
+    assert cli.main(["grade", A1, "--course", str(course)]) == 2
+    assert "no sandbox" in capsys.readouterr().err
+    assert not (course / "autograded").exists()
+    # a sandbox that keeps failing before any student code ran: retried, then not a grade
+    monkeypatch.setattr(cli, "_executor", lambda args, n: ThreadPoolExecutor(1))
+    calls = []
+
+    def broken(task: Any, **kw: Any) -> WorkerRun:
+        calls.append(task["part"])
+        return WorkerRun("fault", [], "the sandbox failed before student code ran: bwrap: boom")
+
+    monkeypatch.setattr(sandbox, "run_worker", broken)
+    assert cli.main(["grade", A1, "--course", str(course), "--unsafe-no-sandbox"]) == 1
+    out = capsys.readouterr().out
+    assert "not graded: infrastructure fault" in out and "WARNING" in out
+    assert len(calls) == 3 * 4  # every part: one run and two retries
+    assert not (course / "autograded" / "ref" / A1 / "virtcore-result.json").exists()
