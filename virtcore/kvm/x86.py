@@ -16,7 +16,9 @@ no per-instruction hook.  What leaves the guest does so as on KVM [KVM-H; KVM-AP
   moves past it — both exactly what KVM's instruction emulator does
   (``x86_emulate_instruction``: no write-back until an MMIO read completes);
   a write to a ``KVM_MEM_READONLY`` slot is an MMIO write [KVM-API §4.35; KVM-MAIN];
-- ``hlt`` → ``KVM_EXIT_HLT`` (unicorn returns just past the ``hlt``);
+- ``hlt`` → ``KVM_EXIT_HLT`` (unicorn returns just past the ``hlt``); with an in-kernel
+  irqchip the model turns that into a halted vCPU instead (:mod:`virtcore.kvm.model`)
+  [KVM-X86];
 - fetching code where there is no memory slot → ``KVM_EXIT_INTERNAL_ERROR``
   (suberror 1, ``KVM_INTERNAL_ERROR_EMULATION``), as measured on real KVM;
 - an exception or ``int n`` in real mode is delivered through the guest's
