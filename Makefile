@@ -28,12 +28,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export JUPYTER_PREFER_ENV_PATH := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help lab test bench lint clean install hub hub-down
+.PHONY: help lab test bench soak lint clean install hub hub-down
 
 help:
 	@echo "make lab     create/update .venv and open JupyterLab on $(START_NOTEBOOK)"
 	@echo "make test    create/update .venv and run the whole test suite (PYTEST_ARGS=...)"
 	@echo "make bench   run the benchmarks (BENCH_ARGS=...)"
+	@echo "make soak    soak the Xen isolation properties (10,000 random sequences)"
 	@echo "make lint    ruff check + mypy (virtcore, autograder)"
 	@echo "make clean   remove .venv and test artefacts"
 	@echo "make hub     (root) bring a course hub up on this machine, loopback only (HUB_ARGS=...)"
@@ -66,6 +67,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) -m benchmarks $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(VPY) -m benchmarks.soak_xen
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
