@@ -5,7 +5,7 @@
     python -m autograder init     [--students students.csv]      # course secret, gradebook, roster
     python -m autograder release  a1_trap_and_emulate            # student version (nbgrader)
     python -m autograder import   a1_trap_and_emulate <folder|zip|exchange>
-    python -m autograder grade    a1_trap_and_emulate [--force] [--jobs N]
+    python -m autograder grade    a1_trap_and_emulate [--force] [--jobs N | --cluster ADDR]
     python -m autograder feedback a1_trap_and_emulate            # per-check HTML pages
     python -m autograder export   [--to grades.csv]              # CSV from the gradebook
     python -m autograder report   a1_trap_and_emulate [--out dir]  # plots, answer similarity
@@ -439,6 +439,13 @@ def _executor(args: argparse.Namespace, n: int) -> Any:
     task is a picklable :class:`autograder.grade.GradeTask` run by the top-level function
     :func:`autograder.grade.grade_submission`.
     """
+    if getattr(args, "cluster", None):  # dask.distributed workers instead (autograder.cluster)
+        from autograder.cluster import ClusterError, cluster_executor
+
+        try:
+            return cluster_executor(args.cluster, tls_dir=args.cluster_tls)
+        except ClusterError as e:
+            raise CLIError(str(e)) from None
     jobs = max(1, args.jobs or os.cpu_count() or 1)
     ctx = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(max_workers=min(jobs, n), mp_context=ctx, initializer=_pool_init)
@@ -813,6 +820,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget per student, all parts (default: %(default)s s)")
     s.add_argument("--unsafe-no-sandbox", action="store_true",
                    help="grade even without bubblewrap: student code runs UNCONFINED")
+    s.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="grade on dask.distributed: tls://host:port (e.g. deploy/'s scheduler)"
+                        " or local:N (a local cluster of N workers); never tcp://")
+    s.add_argument("--cluster-tls", default=None, metavar="DIR",
+                   help="the cluster's certificates: ca.pem, client.pem, client-key.pem"
+                        " (default: $VIRTCORE_DASK_TLS)")
     s.set_defaults(func=cmd_grade)
 
     s = sub.add_parser("feedback", parents=[common], help=_summary(cmd_feedback))

@@ -27,9 +27,9 @@ A plain ``tcp://`` scheduler is refused: dask runs whatever a connected client s
 open scheduler lets every local user run code as the workers' user.  For the same reason the
 deployment never runs workers as root.
 
-Workers need not share a file system with the instructor: :func:`ship` sends the submitted
-and the source notebook as bytes with the task and the worker writes them into a private
-temporary directory (mode 700) before it grades.
+Workers need not share a file system with the instructor: a task
+(:class:`autograder.grade.GradeTask`) carries the submitted notebook's bytes, the source's
+preamble and the per-student seed key, never a path or the course secret.
 """
 
 from __future__ import annotations
@@ -39,9 +39,7 @@ import datetime as dt
 import ipaddress
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +49,12 @@ __all__ = [
     "TLS_ENV",
     "ClusterAddress",
     "ClusterError",
+    "ClusterExecutor",
     "TLSFiles",
     "client_security",
+    "cluster_executor",
     "open_executor",
     "parse_cluster",
-    "run_shipped",
-    "ship",
     "write_certificates",
 ]
 
@@ -246,19 +244,43 @@ def client_security(directory: Path | str | None = None, role: str = "client") -
 # -- executors ------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def open_executor(value: str, *, tls_dir: Path | str | None = None,
-                  timeout: float = 30.0) -> Iterator[Executor]:
+class ClusterExecutor(Executor):
+    """dask's ``ClientExecutor``, plus closing the client (and a local cluster) on shutdown.
+
+    What ``grade`` needs from an executor: ``submit`` returning
+    :class:`concurrent.futures.Future` objects (``as_completed`` works on them) and
+    ``shutdown(wait, cancel_futures)``.
+    """
+
+    def __init__(self, inner: Executor, stack: contextlib.ExitStack) -> None:
+        self._inner = inner
+        self._stack = stack
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on a worker."""
+        return self._inner.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Cancel what is pending (``cancel_futures``), wait if asked, close the client."""
+        try:
+            self._inner.shutdown(wait=wait and not cancel_futures)
+        finally:
+            self._stack.close()
+
+
+def cluster_executor(value: str, *, tls_dir: Path | str | None = None,
+                     timeout: float = 30.0) -> ClusterExecutor:
     """A :class:`concurrent.futures.Executor` whose tasks run on the cluster ``value``.
 
-    ``value`` is parsed by :func:`parse_cluster`.  The client (and a ``local:N`` cluster) is
-    closed when the block ends.  Tasks are submitted with ``pure=False``: two submissions
-    that happen to be identical are still graded twice.
+    ``value`` is parsed by :func:`parse_cluster`.  ``shutdown()`` closes the client (and a
+    ``local:N`` cluster).  Tasks are submitted with ``pure=False``: two submissions that
+    happen to be identical are still graded twice.
     """
     addr = parse_cluster(value)
     from distributed import Client
 
-    with contextlib.ExitStack() as stack:
+    stack = contextlib.ExitStack()
+    try:
         if addr.kind == "local":
             from distributed import LocalCluster
             from distributed.security import Security
@@ -276,51 +298,18 @@ def open_executor(value: str, *, tls_dir: Path | str | None = None,
                                                     timeout=timeout))
             except OSError as e:
                 raise ClusterError(f"cannot reach the scheduler {addr.address}: {e}") from None
-        yield client.get_executor(pure=False)
+    except BaseException:
+        stack.close()
+        raise
+    return ClusterExecutor(client.get_executor(pure=False), stack)
 
 
-# -- shipping files with a task -------------------------------------------------------------------
-
-
-def ship(paths: Mapping[str, Path | None]) -> dict[str, tuple[str, bytes] | None]:
-    """Read files to send with a task: ``name -> (file name, bytes)`` (None stays None).
-
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     p = Path(d, "nb.ipynb"); _ = p.write_text("{}")
-    ...     ship({"notebook": p, "absent": None})
-    {'notebook': ('nb.ipynb', b'{}'), 'absent': None}
-    """
-    return {k: (p.name, p.read_bytes()) if p is not None and p.is_file() else None
-            for k, p in paths.items()}
-
-
-def run_shipped(fn: Callable[..., Any], shipped: Mapping[str, tuple[str, bytes] | None],
-                /, *args: Any, **kwargs: Any) -> Any:
-    """On a worker: write the shipped files to a private temp dir, call ``fn``, clean up.
-
-    Every shipped entry becomes a keyword argument of ``fn``: the path of the written file
-    (a ``str``), or None.  The directory is mode 700 and removed afterwards, whatever ``fn``
-    did.
-
-    >>> run_shipped(lambda a, notebook: (a, Path(notebook).read_text()),
-    ...             {"notebook": ("nb.ipynb", b"{}")}, 1)
-    (1, '{}')
-    """
-    tmp = tempfile.mkdtemp(prefix="virtcore-task-")
+@contextlib.contextmanager
+def open_executor(value: str, *, tls_dir: Path | str | None = None,
+                  timeout: float = 30.0) -> Iterator[Executor]:
+    """:func:`cluster_executor` as a context manager (shut down when the block ends)."""
+    ex = cluster_executor(value, tls_dir=tls_dir, timeout=timeout)
     try:
-        os.chmod(tmp, 0o700)
-        files: dict[str, str | None] = {}
-        for i, (key, item) in enumerate(sorted(shipped.items())):
-            if item is None:
-                files[key] = None
-                continue
-            name, data = item
-            d = Path(tmp, str(i))
-            d.mkdir()
-            target = d / Path(name).name  # a bare file name, never a path
-            target.write_bytes(data)
-            files[key] = str(target)
-        return fn(*args, **files, **kwargs)
+        yield ex
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        ex.shutdown(wait=True)

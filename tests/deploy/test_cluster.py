@@ -3,7 +3,7 @@
 A real dask.distributed scheduler and worker run here (in-process scheduler, worker process),
 over TLS on 127.0.0.1, with certificates from :func:`write_certificates`: a client with the
 deployment's client certificate runs a task; a client with a certificate of its own making, or
-none, is refused.  ``local:2`` grades nothing yet runs tasks in two worker processes.
+none, is refused.  ``local:2`` runs tasks in two worker processes.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from autograder.cluster import (
     client_security,
     open_executor,
     parse_cluster,
-    run_shipped,
-    ship,
     write_certificates,
 )
 
@@ -35,12 +33,6 @@ def _whoami_pid() -> tuple[str, int]:
     import getpass
 
     return getpass.getuser(), os.getpid()
-
-
-def _read(notebook: str | None, source: str | None, extra: int) -> tuple[bytes, bytes, int]:
-    assert notebook is not None and source is not None
-    assert oct(os.stat(Path(notebook).parent.parent).st_mode & 0o777) == "0o700"
-    return Path(notebook).read_bytes(), Path(source).read_bytes(), extra
 
 
 @pytest.mark.parametrize("bad", ["tcp://127.0.0.1:8786", "127.0.0.1:8786", "ws://h:1",
@@ -166,16 +158,3 @@ def test_local_cluster_runs_tasks_in_worker_processes() -> None:
         with open_executor("local:2") as ex:
             pids = {ex.submit(_whoami_pid).result(timeout=60)[1] for _ in range(4)}
     assert os.getpid() not in pids
-
-
-def test_shipped_files_arrive_in_a_private_directory(tmp_path: Path) -> None:
-    nb = tmp_path / "nb.ipynb"
-    nb.write_bytes(b'{"cells": []}')
-    src = tmp_path / "src.ipynb"
-    src.write_bytes(b"source")
-    shipped = ship({"notebook": nb, "source": src})
-    assert run_shipped(_read, shipped, extra=7) == (b'{"cells": []}', b"source", 7)
-    # a name with a path in it lands as a bare file name, inside the private directory
-    evil = {"notebook": ("../../etc/x.ipynb", b"n"), "source": ("s", b"s")}
-    assert run_shipped(_read, evil, extra=1)[0] == b"n"
-    assert ship({"absent": tmp_path / "nope", "none": None}) == {"absent": None, "none": None}
