@@ -9,7 +9,7 @@ Chapter 0 (this tour) has no claim of its own.
 :data:`CHAPTERS` are the seven numbered chapters (one per section of the
 notes); :data:`COURSE` is the reading order of the notebooks, which adds the
 KVM walkthrough (``W``, between chapters 2 and 3) and the parts a long chapter
-is split into (``6a``, ``6b``).
+is split into (``2a``, ``2b``; ``6a``, ``6b``).
 
 >>> chapter_of("S6.3").number
 6
@@ -18,7 +18,7 @@ is split into (``6a``, ``6b``).
 >>> [c.number for c in CHAPTERS]
 [0, 1, 2, 3, 4, 5, 6]
 >>> [c.name for c in COURSE]
-['0', '1', '2', 'W', '3', '4', '5', '6a', '6b']
+['0', '1', '2a', '2b', 'W', '3', '4', '5', '6a', '6b']
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ class Chapter:
 
     Examples
     --------
-    >>> CHAPTERS[2].section, CHAPTERS[2].pattern
-    ('S2', '02-*.ipynb')
+    >>> CHAPTERS[1].section, CHAPTERS[1].pattern, CHAPTERS[2].pattern
+    ('S1', '01-*.ipynb', '02a-vm-and-vmm.ipynb')
     >>> WALKTHROUGH.pattern, WALKTHROUGH.label
     ('kvm-walkthrough.ipynb', 'W')
     """
@@ -94,8 +94,9 @@ CHAPTERS: tuple[Chapter, ...] = (
             "how the course works; a first look at the simulated machine"),
     Chapter(1, "Virtualization architectures", "虚拟化架构", "S1", ("arch",),
             "hosted, bare-metal, OS-level and hybrid; Type 1 and Type 2 hypervisors"),
-    Chapter(2, "The VM and its monitor", "虚拟机与VMM", "S2", ("vmm", "sched", "hw"),
-            "virtual resources, trap-and-emulate, Popek–Goldberg, scheduling, management"),
+    Chapter(2, "The VM and its monitor", "虚拟机与VMM", "S2", ("vmm", "hw"),
+            "the VM, virtual resources, trap-and-emulate, Popek–Goldberg, the three fixes",
+            stem="02a-vm-and-vmm", label="2a", claims=("S2.1", "S2.2")),
     Chapter(3, "KVM vs Xen", "KVM架构 VS Xen架构", "S3", ("kvm", "xen"),
             "a kernel module turning Linux into a hypervisor vs a small hypervisor with Dom0",
             stem="03-kvm-vs-xen"),
@@ -112,6 +113,12 @@ CHAPTERS: tuple[Chapter, ...] = (
             claims=("S6.1", "S6.2", "S6.3", "S6.4")),
 )
 
+#: Chapter 2's second part: scheduling, the management interface, live migration.
+SCHED_MGMT = Chapter(2, "Scheduling, management and migration", "调度、管理接口与迁移", "S2",
+                     ("sched", "vmm"),
+                     "vCPU scheduling (FIFO, round robin, Xen credit), lifecycle, live migration",
+                     stem="02b-scheduling-and-management", label="2b", claims=("S2.3", "S2.4"))
+
 #: The KVM walkthrough: read after chapter 2, before chapter 3 (whose claims it starts on).
 WALKTHROUGH = Chapter(
     3, "KVM from the inside (walkthrough)", "KVM，基于内核的虚拟机", "S3, S4", ("kvm",),
@@ -126,7 +133,7 @@ XEN_MMU = Chapter(6, "Xen's virtual MMU", "虚拟内存管理单元", "S6", ("xe
                   stem="06b-xen-mmu", label="6b", claims=("S6.5",))
 
 #: The notebooks in reading order.
-COURSE: tuple[Chapter, ...] = (*CHAPTERS[:3], WALKTHROUGH, *CHAPTERS[3:], XEN_MMU)
+COURSE: tuple[Chapter, ...] = (*CHAPTERS[:3], SCHED_MGMT, WALKTHROUGH, *CHAPTERS[3:], XEN_MMU)
 
 #: Every claim of the syllabus (``docs/syllabus.md``), in a few words.
 SYLLABUS: dict[str, str] = {
@@ -270,7 +277,7 @@ def chapters_table(notebooks: Path | str | None = None) -> TextView:
     --------
     >>> print(chapters_table().splitlines()[3])
     | 1 | Virtualization architectures | S1 虚拟化架构 | hosted, ... | S1.1–S1.10 |
-    >>> print(chapters_table().splitlines()[5].split(" | ")[4].rstrip(" |"))
+    >>> print(chapters_table().splitlines()[6].split(" | ")[4].rstrip(" |"))
     S3.1–S3.3, S4.3–S4.5, N4–N6
     """
     head = ["#", "chapter", "notes section", "covers", "claims"]
