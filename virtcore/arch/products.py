@@ -7,12 +7,13 @@ Chinese quotation) and, where the notes are wrong, the correction in English
 with the syllabus id (N1, N2, N3, N6, N7, N8).  :func:`notes_corrections`
 lists the corrections themselves.
 
-Sources: the facts sheet §5.1–5.2 for types, ESX(i), KVM's debate and
-Virtuozzo; the syllabus corrections N1–N8.  Nesting support is not in the
-facts sheet; the rows say ``yes`` only where the syllabus (N7, S1.10) or
-well-known vendor documentation says so, ``experimental`` for Xen's nested
+Sources (ids in ``docs/references.md``): [GOLD73, WIKIHV] for types and KVM's
+debate, [ESX08] for ESX(i), [OVZ] for Virtuozzo; the syllabus corrections N1–N8.
+Nesting support has no source there except Xen's ``nestedhvm`` [XL-CFG]; the
+rows say ``yes`` only where the syllabus (N7, S1.10) or well-known vendor
+documentation says so, ``experimental`` for Xen's nested
 HVM, and ``unknown`` otherwise.  Huawei FusionSphere is kept to what the notes
-say (a bare-metal platform): the facts sheet has no source on its hypervisor.
+say (a bare-metal platform): the references have no source on its hypervisor.
 
 >>> product("esxi").hypervisor_type.value
 'type 1'
@@ -145,7 +146,7 @@ PRODUCTS: tuple[Product, ...] = (
         syllabus=("S1.1", "S1.8"),
         detail="Installs like an application on Windows or Linux; for I/O its monitor switches "
         "to the host world and its application half calls the host OS (Sugerman et al. 2001); "
-        "Type 2 per facts §5.1.",
+        "Type 2 [WIKIHV].",
         nesting_note="it can expose VT-x/EPT or AMD-V/RVI to a guest",
     ),
     Product(
@@ -159,7 +160,7 @@ PRODUCTS: tuple[Product, ...] = (
         "hosted, Type 2 (宿主型)",
         aliases=("vmware gsx server", "gsx server"),
         syllabus=("S1.8",),
-        detail="Formerly GSX Server (2001, facts §4.3): runs on a Windows or Linux host.",
+        detail="Formerly GSX Server: runs on a Windows or Linux host.",
     ),
     Product(
         "VMware ESX Server",
@@ -171,7 +172,7 @@ PRODUCTS: tuple[Product, ...] = (
         "厂家：VMware ESXServer、…；主流虚拟化产品…包括VMware ESX Server",
         "bare-metal (裸金属), Type 1 — and Type 1 is 'usually a specially customised Linux'",
         "The hypervisor is VMware's own vmkernel; classic ESX booted a Linux 'service console' "
-        "that became the first VM *above* the vmkernel (facts §5.1), so it is not a customised "
+        "that became the first VM *above* the vmkernel [ESX08], so it is not a customised "
         "Linux (N2).",
         ("N2",),
         aliases=("esx", "vmware esx", "esx server", "vmware esxserver", "esxserver"),
@@ -189,13 +190,13 @@ PRODUCTS: tuple[Product, ...] = (
         "listed among hosted (Type 2) hypervisors, and elsewhere as Type 1; Type 1 said to be "
         "'a specially customised Linux'",
         "ESXi is bare-metal (Type 1) and needs no host OS (N1); it runs VMware's own VMkernel, "
-        "not Linux — ESXi even dropped classic ESX's Linux service console (N2, facts §5.1); "
+        "not Linux — ESXi even dropped classic ESX's Linux service console (N2) [ESX08]; "
         "it can run nested hypervisors (N7).",
         ("N1", "N2", "N7"),
         aliases=("esxi", "esx 3i", "vmware esx 3i"),
         syllabus=("S1.6", "S1.7"),
         detail="ESX 3i had 'a small, 32MB footprint' and 'does not depend on a large, general "
-        "purpose operating system' (facts §5.1).",
+        "purpose operating system' [ESX08].",
         nesting_note="a guest can be given hardware-assisted virtualization",
     ),
     Product(
@@ -210,7 +211,7 @@ PRODUCTS: tuple[Product, ...] = (
         "heading",
         "Embedded hypervisors are Type 1 — no OS under them (N1). ESX 3i Embedded (2008) was "
         "shipped pre-installed by server OEMs on a compact storage device inside the server "
-        "(facts §5.1), which the notes call 'in the firmware'.",
+        "[ESX08], which the notes call 'in the firmware'.",
         ("N1",),
         embedded_in_firmware=True,
         aliases=("esxi embedded", "esx 3i embedded"),
@@ -231,7 +232,7 @@ PRODUCTS: tuple[Product, ...] = (
         embedded_in_firmware=True,
         aliases=("virtage",),
         syllabus=("S1.9",),
-        detail="Not covered by the facts sheet; classified from the syllabus (N1, S1.9).",
+        detail="No source in docs/references.md; classified from the syllabus (N1, S1.9).",
     ),
     Product(
         "Microsoft Hyper-V",
@@ -246,7 +247,7 @@ PRODUCTS: tuple[Product, ...] = (
         ("N7",),
         aliases=("hyper-v", "hyperv"),
         syllabus=("S1.7",),
-        detail="Type 1 per facts §5.1 (Server Fault answers).",
+        detail="Type 1 [WIKIHV].",
     ),
     Product(
         "Microsoft Virtual PC",
@@ -304,7 +305,7 @@ PRODUCTS: tuple[Product, ...] = (
         ("N2", "N7"),
         aliases=("xen hypervisor", "xen project"),
         syllabus=("S1.6",),
-        detail="Type 1 per facts §5.1; Dom0 per facts §2.1.",
+        detail="Type 1 [WIKIHV]; Dom0 [XEN-GLOSSARY].",
         nesting_note="nested HVM is experimental",
     ),
     Product(
@@ -339,7 +340,7 @@ PRODUCTS: tuple[Product, ...] = (
         "Type 2",
         aliases=("virtualbox", "vbox"),
         syllabus=("S1.8",),
-        detail="'classic VirtualBox' is Type 2 per facts §5.1.",
+        detail="VirtualBox is Type 2 [WIKIHV].",
         nesting_note="nested hardware virtualization in recent versions",
     ),
     Product(
@@ -367,7 +368,7 @@ PRODUCTS: tuple[Product, ...] = (
         aliases=("openvz", "parallels virtuozzo containers"),
         syllabus=("S1.4",),
         detail="Containers on 'a single patched Linux kernel'; OpenVZ is its open base "
-        "(facts §5.2).",
+        "[OVZ].",
         nesting_note="containers, not VMs: there is no hypervisor to nest",
     ),
     Product(
@@ -381,7 +382,7 @@ PRODUCTS: tuple[Product, ...] = (
         "bare-metal (裸金属)",
         aliases=("fusionsphere", "华为fusionsphere"),
         syllabus=("S1.2",),
-        detail="Kept to what the notes say; the facts sheet has no source on which hypervisor it "
+        detail="Kept to what the notes say; the references have no source on which hypervisor it "
         "is built on, so the course claims none.",
     ),
     Product(
