@@ -705,6 +705,13 @@ def cmd_report(args: argparse.Namespace) -> int:
               " `grade` first)")
         return 0
     _score_plots(spec, results, out)
+    from autograder import stats  # the class at scale: rates, times, outliers (text + PNG)
+
+    st = stats.class_stats(spec, results)
+    text = stats.report_text(st)
+    _atomic_write(out / f"{spec.name}-report.txt", text)
+    print(text + f"report: {out / f'{spec.name}-report.txt'}\nreport: "
+          f"{stats.plot_times(st, out / f'{spec.name}-times.png')}")
     return 0
 
 

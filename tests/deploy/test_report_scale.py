@@ -120,3 +120,37 @@ def test_results_round_trip_through_json(cls: tuple[Any, list[NotebookResult], A
     a, b = class_stats(spec, results), class_stats(spec, again)
     assert [c.failed for c in a.checks] == [c.failed for c in b.checks]
     assert a.outliers == b.outliers
+
+
+def test_report_command_on_500(cls: tuple[Any, list[NotebookResult], Any],
+                               tmp_path: Path) -> None:
+    """``python -m autograder report`` reads 500 cached results and writes the class report."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    spec, results, _ = cls
+    repo = Path(__file__).resolve().parents[2]
+    course = tmp_path / "course"
+    course.mkdir()
+    shutil.copy(repo / "course" / "nbgrader_config.py", course)
+    shutil.copytree(repo / "course" / "source", course / "source")
+    for r in results:
+        d = course / "autograded" / r.student / A1
+        d.mkdir(parents=True)
+        (d / "virtcore-result.json").write_text(json.dumps(
+            {"format": "virtcore-result/1", "student": r.student, "assignment": A1,
+             "submission_sha256": "0" * 64, "result": r.to_json()}))
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONWARNINGS": "ignore",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "-m", "autograder", "report", A1, "--course",
+                           str(course), "--out", str(out)], capture_output=True, text=True,
+                          env=env, cwd=repo, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = (out / f"{A1}-report.txt").read_text()
+    assert text == report_text(class_stats(spec, results))
+    assert f"{N} graded submission(s)" in proc.stdout
+    for png in (f"{A1}-scores.png", f"{A1}-checks.png", f"{A1}-times.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
