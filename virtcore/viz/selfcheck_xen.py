@@ -17,7 +17,7 @@ question                what it asks                                          co
 ``xen.pv-hvm``          entries into Xen of a program as PV and as HVM        S3.6, S5.5   5
 ``xen.ring``            notifications of a batch of split-driver requests     S5.4         5
 ``xen.grant-map``       which grant mappings Xen allows                       S4.1         5
-``xen.credit-share``    a domain's CPU share under the credit scheduler       S3.4         5
+``xen.credit-share``    a vCPU's credits per accounting period (csched_acct)  S3.4         5
 ``xen.domctl``          the results of control operations by Dom0 and a DomU  S6.1         6
 ``xen.hw-access``       which device accesses the safe hardware interface      S6.2         6
                         allows
@@ -46,7 +46,6 @@ from virtcore.viz.selfcheck import (
     as_int_pair,
     register,
 )
-from virtcore.viz.selfcheck_kvm import as_percent as _as_percent
 
 __all__ = ["CHECKS", "PLACEHOLDERS", "as_id_state", "as_int_list", "as_result_list",
            "as_status_list"]
@@ -444,25 +443,24 @@ def _solve_ring(data: Mapping[str, Any]) -> int:
 
 
 def _gen_credit_share(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    doms = [("a", rng.choice((128, 256, 512)), 1), ("b", rng.choice((256, 512, 768)), 1),
-            ("c", rng.choice((256, 1024)), rng.choice((1, 2)))]
+    doms = [("a", rng.choice((128, 256, 512)), 1), ("b", rng.choice((256, 512, 768)),
+                                                      rng.choice((1, 2))),
+            ("c", rng.choice((256, 1024)), rng.choice((1, 2, 3)))]
     asked = rng.choice([d[0] for d in doms])
-    lines = "\n".join(f"    {n}: weight {w}, {v} vCPU(s)" for n, w, v in doms)
-    return ("One pCPU; Xen's credit scheduler; three DomUs whose vCPUs are always runnable "
-            "(Dom0\nidle, not counted):\n\n" + lines + "\n\n"
-            f"What share of the pCPU does {asked!r} get over 300 ms, in percent (nearest "
-            "whole percent)?"), {"doms": doms, "asked": asked}
+    lines = "\n".join(f"    {n}: weight {w}, {v} vCPU(s), no cap" for n, w, v in doms)
+    return ("One pCPU; Xen's credit scheduler; three DomUs whose vCPUs are all active (always\n"
+            "runnable; Dom0 idle, not counted):\n\n" + lines + "\n\n"
+            "Every 30 ms csched_acct hands out 300 credits per pCPU. How many credits does "
+            f"each vCPU\nof {asked!r} get per accounting period?"), \
+        {"doms": [(w, v, 0) for _n, w, v in doms], "ncpus": 1,
+         "index": [d[0] for d in doms].index(asked)}
 
 
-def _solve_credit_share(data: Mapping[str, Any]) -> float:
-    from virtcore.xen import Xen
-    from virtcore.xen.sched import schedule
+def _solve_credit_share(data: Mapping[str, Any]) -> int:
+    from virtcore.sched.credit import credit_shares
 
-    xen = Xen(frames=256, pcpus=1)
-    for name, weight, vcpus in data["doms"]:
-        xen.create_guest(name, memory_pages=8, vcpus=vcpus, weight=weight)
-    r = schedule(xen, duration_us=300_000, include_dom0=False)
-    return 100 * r.domain_share[data["asked"]]
+    doms = [tuple(d) for d in data["doms"]]
+    return credit_shares(doms, data["ncpus"])[data["index"]]
 
 
 # ---------------------------------------------------------------------------
@@ -561,10 +559,10 @@ CHECKS: tuple[SelfCheck, ...] = (
                    "published batch each way, because each side re-arms its *_event index "
                    "when it runs out of work; batch_requests(requests, batch) counts them.",
               covers=("S5.4",)),
-    SelfCheck("xen.credit-share", 5, _gen_credit_share, _solve_credit_share,
-              _as_percent,
-              hint="credit1 counts a domain's weight once per active vCPU (csched_acct): "
-                   "on one contended pCPU a domain gets weight × vCPUs / Σ(weight × vCPUs).",
+    SelfCheck("xen.credit-share", 5, _gen_credit_share, _solve_credit_share, as_int,
+              hint="a domain's fair share is 300 × weight × vCPUs / Σ(weight × vCPUs), "
+                   "rounded up, then split evenly over its vCPUs (rounded up again); "
+                   "credit_shares(domains, ncpus) computes it.",
               covers=("S3.4",)),
     SelfCheck("xen.domctl", 6, _gen_domctl, _solve_domctl, as_result_list,
               hint="a DomU gets EPERM for every domctl; Dom0 cannot pause or destroy itself "
