@@ -184,6 +184,7 @@ class GrantTable:
         self.nr_frames = 1
         self.entries: list[GrantEntry] = [GrantEntry() for _ in range(self.per_frame)]
         self.active: dict[int, _Active] = {}
+        self.touched: set[int] = set()  # refs ever written (what snapshot() compares)
 
     @property
     def per_frame(self) -> int:
@@ -218,6 +219,7 @@ class GrantTable:
         elif not (_int(ref) and 0 <= ref < len(self.entries)) or self.entries[ref].flags:
             return -1
         e = self.entries[ref]
+        self.touched.add(ref)
         e.domid = domid
         e.frame = frame
         e.flags = GTF_permit_access | (GTF_readonly if readonly else 0)
@@ -242,9 +244,10 @@ class GrantTable:
 
     def snapshot(self) -> tuple[object, ...]:
         """State for before/after comparison."""
+        entries = self.entries
         return (self.nr_frames,
-                tuple((r, e.flags, e.domid, e.frame) for r, e in enumerate(self.entries)
-                      if e.flags or e.domid or e.frame),
+                tuple((r, entries[r].flags, entries[r].domid, entries[r].frame)
+                      for r in sorted(self.touched)),
                 tuple(sorted((r, a.domid, a.mfn, a.readers, a.writers)
                              for r, a in self.active.items())))
 
