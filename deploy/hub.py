@@ -158,9 +158,22 @@ def _tree_hash(paths: Sequence[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _deps_hash() -> str:
+    """What the environment's packages depend on: the project's and the hub extra's requirements
+    (another change to pyproject.toml, e.g. a linter setting, rebuilds nothing)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: any change to pyproject.toml rebuilds
+        return _tree_hash([REPO / "pyproject.toml"])
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [project.get("requires-python", ""), *project.get("dependencies", []),
+              *project.get("optional-dependencies", {}).get("hub", [])]
+    return hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:16]
+
+
 def ensure_venv(venv: Path) -> None:
     """Build (once) and update the shared environment; verify it runs as ``nobody``."""
-    deps_stamp = venv / f".deps-{_tree_hash([REPO / 'pyproject.toml'])}"
+    deps_stamp = venv / f".deps-{_deps_hash()}"
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
            "--progress-bar", "off", "--disable-pip-version-check"]
     if not deps_stamp.exists():
