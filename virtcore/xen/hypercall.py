@@ -140,16 +140,19 @@ class Trace:
         self.total_cost = 0.0
         self.listeners: list[Callable[[TraceEvent], None]] = []
 
-    def add(self, kind: str, domid: int | None, text: str, cost: float = 0.0) -> TraceEvent | None:
-        """Record one event (if enabled) and return it."""
+    def add(self, kind: str, domid: int | None, text: str, cost: float = 0.0, *,
+            notify: bool = True) -> TraceEvent | None:
+        """Record one event (if enabled) and return it; ``notify=False`` leaves telling the
+        listeners to the caller (a hypercall tells them once its result is known)."""
         self.seq += 1
         self.total_cost += cost
         if not self.enabled:
             return None
         ev = TraceEvent(self.seq, kind, domid, text, cost)
         self.events.append(ev)
-        for fn in self.listeners:
-            fn(ev)
+        if notify:
+            for fn in self.listeners:
+                fn(ev)
         return ev
 
     def since(self, seq: int) -> list[TraceEvent]:

@@ -82,6 +82,41 @@ class XenError(VirtcoreError):
     """Misuse of the simulator from Python (not a guest's bad argument, which is ``-errno``)."""
 
 
+_HEX_FIELDS = frozenset({"host_addr", "dev_bus_addr", "frame", "gmfn"})
+
+
+_OUT_FIELDS = {
+    "EvtchnAllocUnbound": {"port"}, "EvtchnBindInterdomain": {"local_port"},
+    "EvtchnBindVirq": {"port"}, "EvtchnBindPirq": {"port"}, "EvtchnBindIpi": {"port"},
+    "EvtchnStatus": {"status", "vcpu", "remote_dom", "remote_port", "pirq", "virq"},
+    "GnttabMapGrantRef": {"status", "handle", "dev_bus_addr"},
+    "GnttabUnmapGrantRef": {"status"}, "GnttabCopy": {"status"},
+    "GnttabSetupTable": {"status", "frame_list"},
+    "GnttabQuerySize": {"nr_frames", "max_nr_frames", "status"},
+}
+
+
+def _struct(a: Any) -> str:
+    """A structure's IN fields (its OUT fields are results, not arguments)."""
+    out = _OUT_FIELDS.get(type(a).__name__, set())
+    shown = []
+    for name in a.__dataclass_fields__:
+        if name in out:
+            continue
+        v = getattr(a, name)
+        if name == "cmd" and type(a).__name__ in ("XenDomctl", "XenSysctl"):
+            from virtcore.xen.constants import XEN_DOMCTL_NAMES, XEN_SYSCTL_NAMES
+
+            names = XEN_DOMCTL_NAMES if type(a).__name__ == "XenDomctl" else XEN_SYSCTL_NAMES
+            shown.append(names.get(v, repr(v)))
+            continue
+        if name == "interface_version":
+            continue
+        hexed = name in _HEX_FIELDS and isinstance(v, int) and not isinstance(v, bool)
+        shown.append(f"{name}={v:#x}" if hexed else f"{name}={v!r}")
+    return f"{type(a).__name__}({', '.join(shown)})"
+
+
 def _describe(nr: int, args: tuple[Any, ...]) -> str:
     parts: list[str] = []
     names = _CMD_NAMES.get(nr)
@@ -89,8 +124,9 @@ def _describe(nr: int, args: tuple[Any, ...]) -> str:
         if i == 0 and names is not None and isinstance(a, int):
             parts.append(names.get(a, str(a)))
         elif hasattr(a, "__dataclass_fields__"):
-            fields = ", ".join(f"{k}={getattr(a, k)!r}" for k in a.__dataclass_fields__)
-            parts.append(f"{type(a).__name__}({fields})")
+            parts.append(_struct(a))
+        elif isinstance(a, list) and a and all(hasattr(x, "__dataclass_fields__") for x in a):
+            parts.append("[" + ", ".join(_struct(x) for x in a) + "]")
         else:
             parts.append(repr(a))
     return ", ".join(parts)
@@ -295,7 +331,7 @@ class Xen:
             if insn == "VMCALL" and self.vendor == "amd":
                 insn = "VMMCALL"
             ev = self.trace.add("hypercall", dom.domid, f"{name}({_describe(nr, args)})"
-                                f"   [{insn}]", cost)
+                                f"   [{insn}]", cost, notify=False)
         else:
             self.trace.add("hypercall", dom.domid, "", cost)
         self._depth += 1
@@ -305,6 +341,8 @@ class Xen:
             self._depth -= 1
         if ev is not None:
             ev.text = ev.text.replace("   [", f" = {errno_name(rc)}   [", 1)
+            for fn in self.trace.listeners:  # after its result: nested steps came first
+                fn(ev)
         st = dom.stats
         st.hypercalls += 1
         st.by_hypercall[name] = st.by_hypercall.get(name, 0) + 1
