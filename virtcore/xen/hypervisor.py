@@ -366,7 +366,7 @@ class Xen:
 
         A vCPU with ``evtchn_upcall_mask`` set, or a paused domain, keeps its upcall pending.
         """
-        if self._delivering:
+        if self._delivering or not self._upcalls:
             return 0
         from virtcore.xen.evtchn import guest_do_upcall
 
