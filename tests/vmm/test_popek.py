@@ -156,3 +156,9 @@ def test_efficiency_most_instructions_run_directly_and_hw_needs_fewer_vmm_entrie
     assert hw.via_vmm < trap.via_vmm
     assert trap.technique is Technique.TRAP_AND_EMULATE
     assert trap.direct + trap.via_vmm <= bare_clock  # instructions, without idle time
+
+
+def test_generated_guests_halt_on_bare_hardware_seed_6464_included():
+    """A timer interrupt between `wrcr epc` and `iret` once made seed 6464 loop on its iret."""
+    for seed in (6464, *range(200)):
+        assert run_bare(generate_guest(seed)).stop == "halted", seed

@@ -444,7 +444,9 @@ def generate_guest(seed: int = 0, *, length: int = 40, popf: bool = False,
             used_user = True
             back = new_label()
             status = 0x10202 if rng.random() < 0.7 else 0x10002
-            lines += [f"li r3, {back}", "wrcr epc, r3", f"li r3, {status:#x}",
+            # interrupts off first: a timer interrupt between writing EPC and the iret
+            # would overwrite EPC with its own return address, and the iret would loop
+            lines += ["cli", f"li r3, {back}", "wrcr epc, r3", f"li r3, {status:#x}",
                       "wrcr estatus, r3", "iret", f"{back}:"]
             in_user = True
         elif kind == "wild":
