@@ -624,7 +624,7 @@ def bare_metal(guests: int | Sequence[str] = 2, *, embedded: bool = False) -> St
     """Bare-metal virtualization (裸金属虚拟化, Type 1): the hypervisor sits on the hardware.
 
     No host OS; guests do not depend on one (S1.2, S1.7).  The hypervisor
-    here also drives the devices itself, as ESXi's VMkernel does [ESX08]; Xen
+    here also drives the devices itself, as ESXi's VMkernel does [WALD02]; Xen
     hands I/O to Domain 0 instead — see :func:`bare_metal_xen` (and chapters
     5–6).  ``embedded=True`` marks a hypervisor
     shipped inside the machine's firmware, beside the BIOS (S1.9: Hitachi
