@@ -64,6 +64,7 @@ from virtcore.xen.constants import (
     NETIF_RSP_OKAY,
     EVTCHNOP_alloc_unbound,
     EVTCHNOP_bind_interdomain,
+    EVTCHNOP_close,
     EVTCHNOP_send,
     GNTCOPY_dest_gref,
     GNTCOPY_source_gref,
@@ -256,6 +257,22 @@ class _Back:
 
     def connect(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def disconnect(self) -> None:
+        """The frontend went away: close our port and unmap what we mapped."""
+        from virtcore.xen.evtchn import EvtchnClose
+        from virtcore.xen.grant import GnttabUnmapGrantRef
+
+        xen = self.xen
+        if self.port and self.port in xen.domain(self.be).evtchn:
+            _evtchn(xen, self.be, EVTCHNOP_close, EvtchnClose(port=self.port))
+        maptrack = xen.domain(self.be).maptrack
+        live = [h for h in self.handles if maptrack is not None and h in maptrack.handles]
+        if live:
+            xen.hypercall(self.be, HYPERVISOR_grant_table_op, GNTTABOP_unmap_grant_ref,
+                          [GnttabUnmapGrantRef(handle=h) for h in live], len(live))
+        self.handles = []
+        self.connected = False
 
     def _connected(self) -> None:
         self.connected = True

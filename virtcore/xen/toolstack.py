@@ -342,7 +342,9 @@ class XL:
         self._check("destroydomain", self._domctl(XEN_DOMCTL_destroydomain, domid)[0])
         for key in [k for k in self.frontends if k[0] == domid]:
             self.frontends.pop(key)
-            self.backends.pop(key, None)
+            back = self.backends.pop(key, None)
+            if back is not None and back.be in self.xen.domains:
+                back.disconnect()  # the backend sees the frontend vanish from XenStore
         for key, back in list(self.backends.items()):
             if back.be == domid:  # its backend domain died: the frontend loses its device
                 self.backends.pop(key)
