@@ -93,7 +93,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from virtcore.errors import ConfigurationError
 from virtcore.hw.events import Access, PageFault
@@ -112,6 +112,7 @@ from virtcore.xen.memory import (
     DOMID_SELF,
     DOMID_XEN,
     EBUSY,
+    EFAULT,
     EINVAL,
     ENOSYS,
     EPERM,
@@ -159,6 +160,7 @@ __all__ = [
     "HypercallResult",
     "MMUExtOp",
     "MMUUpdate",
+    "MaptrackPolicy",
     "MemRef",
     "PVGuest",
     "Translation",
@@ -173,6 +175,7 @@ __all__ = [
     "__HYPERVISOR_mmuext_op",
     "__HYPERVISOR_update_va_mapping",
     "errno_name",
+    "install_pv_mmu",
     "translate_many",
     "walk_tables",
 ]
@@ -473,6 +476,18 @@ class XenMM:
                 f"{self.stats['mmu_update_ok']} updates applied,"
                 f" {self.stats['mmu_update_rejected']} rejected)")
 
+    def adopt_domain(self, domid: int, *, privileged: bool = False) -> PVGuest:
+        """A :class:`PVGuest` for a domain whose memory already exists (made by the
+        hypervisor's domain builder); nothing is populated."""
+        if domid in self.guests:
+            raise XenMemoryError(f"d{domid} already has a PV MMU")
+        mem = self.machine.domains.get(domid)
+        if mem is None:
+            raise XenMemoryError(f"d{domid} has no memory")
+        guest = PVGuest(self, mem, privileged=privileged)
+        self.guests[domid] = guest
+        return guest
+
     def create_pv_domain(self, domid: int, max_pages: int, *, privileged: bool = False,
                          populate: bool = True) -> PVGuest:
         """A new PV guest: its pseudo-physical memory (populated 0..max_pages-1 unless
@@ -507,6 +522,26 @@ class XenMM:
             guest.mmu.tlb.flush()
             self.machine.put_page_and_type(MFN(base))
         return self.machine.destroy_domain_memory(domid)
+
+    def zap_foreign_mappings(self, mapper: int, mfn: int) -> int:
+        """Clear every L1 entry in ``mapper``'s current tables that maps foreign ``mfn`` (what
+        ``replace_grant_host_mapping()`` does when a grant mapping is undone), dropping the
+        references and flushing the TLB.  Returns how many entries were cleared.
+        """
+        g = self.guests.get(mapper)
+        if g is None or g.baseptr is None:
+            return 0
+        cleared = 0
+        for va, target, _w in g.leaf_mappings():
+            if target == mfn and self.machine.owner[mfn] != mapper:
+                slot = g.l1_slot(va)
+                assert slot is not None
+                if not self.mod_entry(slot[0], slot[1], 1, 0, MMU_NORMAL_PT_UPDATE, mapper,
+                                      mapper):
+                    cleared += 1
+        if cleared:
+            g.mmu.tlb.flush()
+        return cleared
 
     # -- TLBs ------------------------------------------------------------------------------------
 
@@ -1171,6 +1206,148 @@ class PVGuest:
         if self.baseptr is None:
             return []
         return walk_tables(self.xen.machine, self.xen.config, self.baseptr)
+
+
+class MaptrackPolicy:
+    """The grant hook over the hypervisor's grant code (:mod:`virtcore.xen.grant`): a PV
+    domain may put a foreign frame in its page tables only while it holds a grant mapping of
+    that frame in its maptrack (``GNTTABOP_map_grant_ref`` done, not yet unmapped), writable
+    only if that mapping is writable [XEN-GNTTAB].
+
+    ``pte_uses(mapper, mfn)`` tells the grant code how many page-table entries still map the
+    frame; ``GNTTABOP_unmap_grant_ref`` should clear them first with
+    :meth:`XenMM.zap_foreign_mappings` (Xen's ``replace_grant_host_mapping()`` clears the PTE).
+    """
+
+    def __init__(self, xen: Any) -> None:
+        self.xen = xen
+        self.uses: Counter[tuple[int, int]] = Counter()
+
+    def may_map(self, mapper: int, mfn: int, writable: bool) -> bool:
+        dom = self.xen.domains.get(mapper)
+        mt = getattr(dom, "maptrack", None)
+        return mt is not None and bool(mt.allows(mfn, writable))
+
+    def mapped(self, mapper: int, mfn: int, writable: bool) -> None:
+        self.uses[(mapper, mfn)] += 1
+
+    def unmapped(self, mapper: int, mfn: int, writable: bool) -> None:
+        self.uses[(mapper, mfn)] -= 1
+        if not self.uses[(mapper, mfn)]:
+            del self.uses[(mapper, mfn)]
+
+    def pte_uses(self, mapper: int, mfn: int) -> int:
+        """Page-table entries of ``mapper`` that map foreign ``mfn`` through a grant."""
+        return self.uses.get((mapper, mfn), 0)
+
+
+def install_pv_mmu(xen: Any, config: PagingConfig | None = None, *, tlb_size: int = 16
+                   ) -> XenMM:
+    """Give a :class:`virtcore.xen.Xen` hypervisor this PV MMU: its ``mmu_update`` (1),
+    ``update_va_mapping`` (14) and ``mmuext_op`` (26) handlers, over ``xen.memory``.
+
+    ``memory_op`` (12) stays the hypervisor's own (it already uses
+    :class:`~virtcore.xen.memory.DomainMemory`).  A PV domain gets its :class:`PVGuest` on its
+    first call.  The arguments follow the C prototypes, with Python values for guest memory:
+
+    - ``mmu_update(reqs, count=len(reqs), pdone=None, foreigndom=DOMID_SELF)``: ``reqs`` a list
+      of :class:`MMUUpdate` or ``(ptr, val)``; ``pdone`` a list whose first item receives the
+      number done (Xen's ``*done``);
+    - ``mmuext_op(ops, count=len(ops), pdone=None, foreigndom=DOMID_SELF)``;
+    - ``update_va_mapping(va, val, flags)``.
+
+    A malformed argument stands for an unreadable guest pointer: ``-EFAULT``.  HVM and PVH
+    domains get ``-ENOSYS`` (these hypercalls are not in Xen's HVM hypercall table).
+
+    Foreign frames: :class:`MaptrackPolicy` is installed as the grant hook, so a guest maps a
+    frame of another domain only while its grant mapping of it is live.
+
+    Returns the :class:`XenMM`, also kept as ``xen.mm``.
+
+    >>> from virtcore.xen import Xen
+    >>> xen = Xen(frames=64)
+    >>> mm = install_pv_mmu(xen)
+    >>> mm.guests                                    # dom0 attaches on its first call
+    {}
+    >>> done = [None]
+    >>> xen.hypercall(0, 1, [], 0, done, DOMID_SELF), done
+    (0, [0])
+    >>> sorted(mm.guests)
+    [0]
+    """
+    if config is None:
+        config = (PagingConfig.x86_32() if xen.memory.frame_size == 4096 else
+                  PagingConfig(xen.memory.page_bits, 2, xen.memory.page_bits - 2,
+                               "teaching size: 2 levels, tables fill a page"))
+    mm = XenMM(xen.memory, config, tlb_size=tlb_size)
+    mm.foreign = MaptrackPolicy(xen)
+    xen.mm = mm
+
+    def guest_of(dom: Any) -> PVGuest | None:
+        if getattr(dom, "type", "pv") != "pv":
+            return None
+        g = mm.guests.get(dom.domid)
+        if g is None:
+            g = mm.adopt_domain(dom.domid, privileged=bool(getattr(dom, "is_privileged", False)))
+        return g
+
+    def batch_args(args: tuple[Any, ...]) -> tuple[list[Any], list[Any] | None, int] | None:
+        if not args or not isinstance(args[0], (list, tuple)):
+            return None
+        items = list(args[0])
+        count = args[1] if len(args) > 1 else len(items)
+        pdone = args[2] if len(args) > 2 else None
+        fd = args[3] if len(args) > 3 else DOMID_SELF
+        if (not isinstance(count, int) or not 0 <= count <= len(items)
+                or not isinstance(fd, int) or (pdone is not None and not isinstance(pdone, list))):
+            return None
+        return items[:count], pdone, fd
+
+    def do_mmu_update(xen_: Any, dom: Any, vcpu: int, args: tuple[Any, ...]) -> int:
+        g = guest_of(dom)
+        if g is None:
+            return -ENOSYS
+        parsed = batch_args(args)
+        if parsed is None:
+            return -EFAULT
+        reqs, pdone, fd = parsed
+        if not all(isinstance(r, MMUUpdate) or (isinstance(r, tuple) and len(r) == 2)
+                   for r in reqs):
+            return -EFAULT
+        res = mm.mmu_update(dom.domid, reqs, foreigndom=fd)
+        if pdone is not None:
+            pdone[:1] = [res.done]
+        return res.rc
+
+    def do_mmuext_op(xen_: Any, dom: Any, vcpu: int, args: tuple[Any, ...]) -> int:
+        g = guest_of(dom)
+        if g is None:
+            return -ENOSYS
+        parsed = batch_args(args)
+        if parsed is None:
+            return -EFAULT
+        ops, pdone, fd = parsed
+        if not all(isinstance(o, MMUExtOp) or (isinstance(o, tuple) and len(o) == 2)
+                   for o in ops):
+            return -EFAULT
+        res = mm.mmuext_op(dom.domid, ops, foreigndom=fd)
+        if pdone is not None:
+            pdone[:1] = [res.done]
+        return res.rc
+
+    def do_update_va_mapping(xen_: Any, dom: Any, vcpu: int, args: tuple[Any, ...]) -> int:
+        g = guest_of(dom)
+        if g is None:
+            return -ENOSYS
+        if len(args) not in (2, 3) or not all(isinstance(a, int) for a in args):
+            return -EFAULT
+        return mm.update_va_mapping(dom.domid, *args)
+
+    numbers = _HYPERCALL_NUMBERS
+    xen.hypercalls.register(numbers[0], do_mmu_update, replace=True)
+    xen.hypercalls.register(numbers[2], do_update_va_mapping, replace=True)
+    xen.hypercalls.register(numbers[3], do_mmuext_op, replace=True)
+    return mm
 
 
 def translate_many(mmu: MMU, vas: Iterable[int], *, write: bool = False, user: bool = True,
