@@ -127,3 +127,30 @@ def test_model_and_real_descriptors_name_their_kind_alike():
     kvm = open_kvm(backend="model")
     vm = kvm.create_vm()
     assert (kvm.kind, vm.kind, vm.create_vcpu(0).kind) == ("system", "vm", "vcpu")
+
+
+def test_signal_after_interrupts_a_blocking_call_and_only_in_the_main_thread() -> None:
+    """Ends a vCPU's in-kernel sleep: EINTR in the main thread, refused elsewhere."""
+    import threading
+    import time
+
+    from virtcore.kvm.api import KvmUsageError
+    from virtcore.kvm.real import signal_after
+
+    t0 = time.monotonic()
+    with pytest.raises(InterruptedError), signal_after(0.05):
+        time.sleep(5)
+    assert time.monotonic() - t0 < 2
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with signal_after(0.01):
+                pass
+        except KvmUsageError as e:
+            errors.append(e)
+
+    th = threading.Thread(target=worker)
+    th.start()
+    th.join()
+    assert len(errors) == 1
