@@ -175,3 +175,20 @@ def test_netfront_to_netfront_through_the_bridge(xen: Xen) -> None:
     for i in range(10):                                       # rx buffers are re-posted
         nb.send(b"pong %d" % i)
     assert na.received[-1] == b"pong 9" and len(na.received) == 10
+
+
+def test_states_follow_the_ring_and_event_bits(xen: Xen) -> None:
+    g = xen.create_guest("g", memory_pages=16, disk=True)
+    r = xen.xl.frontends[(g.domid, "vbd")].read(0)
+    assert len(r.states) == len(r.steps)
+    kinds = [s.kind for s in r.steps]
+    put = kinds.index("ring")                       # front puts the request: private index only
+    assert r.states[put]["req_prod_pvt"] == r.states[put]["req_prod"] + 1
+    send = kinds.index("hypercall")                 # push + notify: published, backend pending
+    assert r.states[send]["req_prod"] == r.states[send]["req_prod_pvt"]
+    assert r.states[send]["back_pending"] == 1 and r.states[send]["back_upcall_pending"] == 1
+    up = kinds.index("upcall")                      # the backend's upcall clears them
+    assert r.states[up]["back_pending"] == 0
+    last = r.states[-1]
+    assert last["rsp_prod"] == last["rsp_cons"] == last["req_cons"] == last["req_prod"]
+    assert last["rsp_event"] == last["rsp_cons"] + 1 and last["req_event"] == last["req_cons"] + 1

@@ -237,6 +237,12 @@ class Xen:
         self.boot_trace = list(t)
         self._xl: XL | None = None
 
+    #: Xen's own parts (S3.4): it does CPU and memory virtualization itself …
+    components = ("credit scheduler", "memory manager (frame table, M2P, P2M)", "timers",
+                  "event channels", "grant tables", "hypercall table", "IOMMU control")
+    #: … but holds no drivers for ordinary devices: Dom0 (or a driver domain) does (S5.3).
+    drivers: tuple[str, ...] = ()
+
     # ------------------------------------------------------------------ domains
     @property
     def dom0(self) -> Domain:

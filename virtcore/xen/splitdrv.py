@@ -113,6 +113,9 @@ class BlkResult:
     status: int
     data: bytes = b""
     steps: list[TraceEvent] = field(default_factory=list)
+    #: After each step: the ring indices (both sides' private ones too) and the event bits —
+    #: what a step-by-step widget shows (see :func:`ring_state`).
+    states: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def cost_ns(self) -> float:
@@ -127,6 +130,40 @@ class BlkResult:
     def __repr__(self) -> str:
         return (f"BlkResult({self.op} sector {self.sector} ×{self.count}:"
                 f" {BLKIF_RSP_NAMES.get(self.status, self.status)}, {len(self.data)} bytes)")
+
+
+def ring_state(front: BlkFront, back: BlkBack | None) -> dict[str, int]:
+    """The shared ring header, each side's private indices and the event-channel bits.
+
+    Keys: ``req_prod, req_event, rsp_prod, rsp_event`` (shared page), ``req_prod_pvt,
+    rsp_cons`` (front), ``req_cons, rsp_prod_pvt`` (back), and for each side ``*_pending``
+    (its port's PENDING bit) and ``*_upcall_pending`` (vCPU 0's ``evtchn_upcall_pending``).
+    """
+    from virtcore.xen.ring import read_header
+
+    xen = front.xen
+    assert front.ring is not None
+    mem = xen.memory
+    mfn = front.ring.acc.mfn
+    hdr = mem.read_bytes(mfn, 0, 16)  # type: ignore[arg-type]
+    from virtcore.xen.ring import MemoryAccessor
+
+    req_prod, req_event, rsp_prod, rsp_event = read_header(MemoryAccessor(bytearray(hdr)))
+    out = {"req_prod": req_prod, "req_event": req_event, "rsp_prod": rsp_prod,
+           "rsp_event": rsp_event, "req_prod_pvt": front.ring.req_prod_pvt,
+           "rsp_cons": front.ring.rsp_cons}
+    if back is not None and back.ring is not None:
+        out["req_cons"] = back.ring.req_cons
+        out["rsp_prod_pvt"] = back.ring.rsp_prod_pvt
+    for side, domid, port in (("front", front.fe, front.port),
+                              ("back", front.be, back.port if back is not None else 0)):
+        d = xen.domains.get(domid)
+        if d is None:
+            continue
+        si = d.shared_info
+        out[f"{side}_pending"] = int(si.test(si.evtchn_pending, port))
+        out[f"{side}_upcall_pending"] = d.vcpus[0].evtchn_upcall_pending
+    return out
 
 
 def _page_accessor(xen: Xen, domid: int, mfn: int) -> GuestAccessor:
@@ -355,6 +392,23 @@ class BlkFront(_Front):
         seq = xen.trace.seq
         per_page = xen.memory.frame_size // BLKIF_SECTOR_SIZE
         name = "read" if op == BLKIF_OP_READ else "write"
+        back = xen.xl.backends.get((self.fe, "vbd"))
+        states: dict[int, dict[str, int]] = {}
+
+        def snap(ev: TraceEvent) -> None:
+            states[ev.seq] = ring_state(self, back if isinstance(back, BlkBack) else None)
+
+        if xen.trace.enabled:
+            xen.trace.listeners.append(snap)
+        try:
+            return self._io_body(op, sector, count, data, seq, per_page, name, states)
+        finally:
+            if snap in xen.trace.listeners:
+                xen.trace.listeners.remove(snap)
+
+    def _io_body(self, op: int, sector: int, count: int, data: bytes, seq: int, per_page: int,
+                 name: str, states: dict[int, dict[str, int]]) -> BlkResult:
+        xen = self.xen
         xen.trace.add("front", self.fe, f"blkfront: {name} {count} sectors at {sector}")
         pages: list[tuple[int, int, int]] = []
         segments = []
@@ -390,8 +444,10 @@ class BlkFront(_Front):
             self._release_page(pfn, ref)
         xen.trace.add("front", self.fe, f"blkfront: {name} done,"
                       f" {BLKIF_RSP_NAMES.get(status, status)}")
+        steps = xen.trace.since(seq)
+        # each state is taken when its step is reported: a hypercall's once it returned
         return BlkResult(name, sector, count, status, out if op == BLKIF_OP_READ else data,
-                         xen.trace.since(seq))
+                         steps, [states.get(e.seq, {}) for e in steps])
 
     def read(self, sector: int, count: int = 1) -> BlkResult:
         """Read ``count`` 512-byte sectors from ``sector`` (at most 11 pages' worth)."""
