@@ -158,6 +158,47 @@ class GrantEntry:
                 f" frame={self.frame:#x})")
 
 
+class _Entries:
+    """The shared entries, made on first touch (a table starts as zeros; most refs stay so).
+
+    Indexable and sized like the real table (``nr_frames × 512``); ``entries[ref]`` of a ref
+    never written is a fresh all-zero :class:`GrantEntry`.
+    """
+
+    __slots__ = ("_made", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._made: dict[int, GrantEntry] = {}
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, ref: int) -> GrantEntry:
+        if not 0 <= ref < self._size:
+            raise IndexError(f"grant ref {ref} outside the table (0..{self._size - 1})")
+        e = self._made.get(ref)
+        if e is None:
+            e = self._made[ref] = GrantEntry()
+        return e
+
+    def grow(self, size: int) -> None:
+        self._size = max(self._size, size)
+
+    def made(self) -> list[tuple[int, GrantEntry]]:
+        """The entries that exist (ever touched), by ref."""
+        return sorted(self._made.items())
+
+    def first_free(self, start: int) -> int:
+        """The lowest ref at or above ``start`` whose flags are 0, or -1."""
+        made = self._made
+        for r in range(start, self._size):
+            e = made.get(r)
+            if e is None or e.flags == 0:
+                return r
+        return -1
+
+
 @dataclass
 class _Active:
     """``struct active_grant_entry``: pins held by mappings and what they pinned."""
@@ -182,7 +223,7 @@ class GrantTable:
         self.dom = dom
         self.max_frames = max_frames
         self.nr_frames = 1
-        self.entries: list[GrantEntry] = [GrantEntry() for _ in range(self.per_frame)]
+        self.entries = _Entries(self.per_frame)
         self.active: dict[int, _Active] = {}
         self.touched: set[int] = set()  # refs ever written (what snapshot() compares)
 
@@ -195,9 +236,9 @@ class GrantTable:
         """``gnttab_grow_table``: enlarge to ``nr_frames`` (never shrinks); False past the limit."""
         if nr_frames > self.max_frames:
             return False
-        while self.nr_frames < nr_frames:
-            self.entries.extend(GrantEntry() for _ in range(self.per_frame))
-            self.nr_frames += 1
+        if nr_frames > self.nr_frames:
+            self.nr_frames = nr_frames
+            self.entries.grow(nr_frames * self.per_frame)
         return True
 
     # ------------------------------------------------------------------ guest side
@@ -209,11 +250,9 @@ class GrantTable:
         then ``flags``.  Returns the ref, or ``-1`` if the table is full / ``ref`` in use.
         """
         if ref is None:
-            ref = next((r for r in range(GNTTAB_NR_RESERVED_ENTRIES, len(self.entries))
-                        if self.entries[r].flags == 0), -1)
+            ref = self.entries.first_free(GNTTAB_NR_RESERVED_ENTRIES)
             if ref < 0 and self.grow(self.nr_frames + 1):
-                ref = next(r for r in range(len(self.entries)) if self.entries[r].flags == 0
-                           and r >= GNTTAB_NR_RESERVED_ENTRIES)
+                ref = self.entries.first_free(GNTTAB_NR_RESERVED_ENTRIES)
             if ref < 0:
                 return -1
         elif not (_int(ref) and 0 <= ref < len(self.entries)) or self.entries[ref].flags:
@@ -240,7 +279,7 @@ class GrantTable:
 
     def in_use(self) -> list[int]:
         """Refs whose entry grants something."""
-        return [r for r, e in enumerate(self.entries) if e.flags]
+        return [r for r, e in self.entries.made() if e.flags]
 
     def snapshot(self) -> tuple[object, ...]:
         """State for before/after comparison."""
@@ -466,8 +505,16 @@ def _map(xen: Xen, ld: Domain, op: GnttabMapGrantRef) -> int:
 
 
 def _unmap_handle(xen: Xen, ld: Domain, handle: int) -> Mapping:
-    """Remove one mapping (checks done); drop pins, flags and page references."""
+    """Remove one mapping (checks done); drop pins, flags and page references.
+
+    If the virtual-MMU model is attached (``xen.mm``), the page-table entries of the mapper
+    that map the frame are cleared first, as ``replace_grant_host_mapping()`` clears the PTE.
+    """
     assert ld.maptrack is not None
+    mapping = ld.maptrack.handles[handle]
+    mm = getattr(xen, "mm", None)
+    if mm is not None and mapping.flags & GNTMAP_host_map:
+        mm.zap_foreign_mappings(ld.domid, mapping.mfn)
     m = ld.maptrack.remove(handle)
     rd = xen.domains.get(m.granter)
     if rd is not None and rd.grant_table is not None:

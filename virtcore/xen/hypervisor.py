@@ -113,7 +113,10 @@ def _struct(a: Any) -> str:
         if name == "interface_version":
             continue
         hexed = name in _HEX_FIELDS and isinstance(v, int) and not isinstance(v, bool)
-        shown.append(f"{name}={v:#x}" if hexed else f"{name}={v!r}")
+        if isinstance(v, list) and len(v) > 6:
+            shown.append(f"{name}=[{', '.join(map(repr, v[:3]))}, … {len(v)} items]")
+        else:
+            shown.append(f"{name}={v:#x}" if hexed else f"{name}={v!r}")
     return f"{type(a).__name__}({', '.join(shown)})"
 
 
