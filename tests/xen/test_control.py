@@ -159,3 +159,17 @@ def test_driver_domain_serves_a_guest_disk(xen: Xen) -> None:
     r = blk.read(2)
     assert r.data.startswith(b"via driver domain")
     assert {s.domid for s in r.steps if s.kind == "device"} == {xen.domain("drv").domid}
+
+
+def test_xl_mem_set_balloons_through_memory_op(xen: Xen) -> None:
+    g = xen.create_guest("g", memory_pages=16, disk=True)
+    free = xen.memory.allocator.free_count
+    assert xen.xl.mem_set("g", 10) == 10
+    assert xen.memory.allocator.free_count == free + 6
+    assert g.stats.by_hypercall["memory_op"] == 1
+    blk = xen.xl.frontends[(g.domid, "vbd")]
+    assert blk.write(0, b"still works").status == 0          # the ring page was kept
+    assert xen.xl.mem_set("g", 16) == 16
+    with pytest.raises(XenError, match="maxmem"):
+        xen.xl.mem_set("g", 17)
+    xen.memory.check_invariants()

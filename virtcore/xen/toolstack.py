@@ -263,6 +263,11 @@ class XL:
                 self._on_shutdown_request(dom, p)
 
             xen.xenstore.watch(d.domid, path, on_shutdown)
+
+            def on_target(p: str, dom: Domain = d) -> None:
+                self._balloon(dom, p)
+
+            xen.xenstore.watch(d.domid, f"/local/domain/{d.domid}/memory/target", on_target)
         for kind, key in (("vbd", "disk"), ("vif", "vif")):
             specs = cfg.get(key)
             if not specs:
@@ -285,6 +290,43 @@ class XL:
             self.frontends[(d.domid, kind)] = front
             self.backends[(d.domid, kind)] = back
             front.connect()
+
+    def _balloon(self, d: Domain, path: str) -> None:
+        """The guest's balloon driver: reach ``memory/target`` (KiB) with memory_op calls."""
+        from virtcore.xen.memop import (
+            XENMEM_decrease_reservation,
+            XENMEM_populate_physmap,
+            XenMemoryReservation,
+        )
+
+        xen = self.xen
+        value = xen.xenstore.read(d.domid, path)
+        if d.domid not in xen.domains or d.paused or not isinstance(value, str):
+            return
+        target = int(value) * 1024 // xen.memory.frame_size
+        cur = d.memory.nr_pages
+        if target < cur:
+            pfns = [p for p in sorted(d.memory.p2m, reverse=True)
+                    if p not in d.kernel_pages][:cur - target]
+            xen.hypercall(d, HYPERVISOR_memory_op, XENMEM_decrease_reservation,
+                          XenMemoryReservation(extent_start=pfns))
+        elif target > cur:
+            holes = [p for p in range(target + len(d.memory.p2m)) if p not in d.memory.p2m]
+            xen.hypercall(d, HYPERVISOR_memory_op, XENMEM_populate_physmap,
+                          XenMemoryReservation(extent_start=holes[:target - cur]))
+
+    def mem_set(self, dom: int | str, memory_pages: int) -> int:
+        """``xl mem-set``: write the balloon target to XenStore; the guest's balloon driver gives
+        pages back (``XENMEM_decrease_reservation``) or takes more (``populate_physmap``), up to
+        ``max_pages``.  Returns the pages the domain has afterwards."""
+        d = self.domain(dom)
+        if isinstance(memory_pages, bool) or not isinstance(memory_pages, int) or not (
+                0 < memory_pages <= d.memory.max_pages):
+            raise XenError(f"xl mem-set: target must be 1..{d.memory.max_pages} pages (maxmem),"
+                           f" got {memory_pages!r}")
+        kib = memory_pages * self.xen.memory.frame_size // 1024
+        self.xen.xenstore.write(0, f"/local/domain/{d.domid}/memory/target", str(kib))
+        return d.memory.nr_pages
 
     def _on_shutdown_request(self, d: Domain, path: str) -> None:
         if d.domid not in self.xen.domains or d.is_shut_down:
