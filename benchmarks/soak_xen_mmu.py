@@ -4,12 +4,15 @@
 hypothesis and prints how long it took; ``tests/xen/test_mmu_properties.py`` runs the same
 properties on a few hundred sequences in CI.
 
-Each sequence boots a machine with a privileged dom0 and three unprivileged DomUs (teaching-size
-pages, 2-level tables), builds and pins an address space for each, then applies random
-operations from random domains: raw ``mmu_update`` batches (entries pointing anywhere: own,
-foreign, free, Xen's and non-existent frames, page-table frames, any flags, any level),
-well-formed guest-kernel updates, ``update_va_mapping`` with flush flags, ``mmuext_op`` pin /
-unpin / new base pointer / flushes on any frame, grants and revocations, balloon ops
+Each sequence boots the hypervisor (:class:`virtcore.xen.Xen`, teaching-size 32-byte frames,
+2-level tables) with a privileged dom0 and three unprivileged DomUs, gives it this PV MMU
+(:func:`~virtcore.xen.mmu.install_pv_mmu`), builds and pins an address space for each domain,
+then applies random operations from random domains: raw ``mmu_update`` batches (entries
+pointing anywhere: own, foreign, free, Xen's and non-existent frames, page-table frames, any
+flags, any level), well-formed guest-kernel updates, ``update_va_mapping`` with flush flags,
+``mmuext_op`` pin / unpin / new base pointer / flushes on any frame, grants, grant maps
+(``GNTTABOP_map_grant_ref``) followed by page-table entries for the granted frame, grant unmaps
+and revocations through the hypervisor's real grant-table code, balloon ops
 (``XENMEM_decrease_reservation`` / ``populate_physmap``) and hardware accesses that fill TLBs.
 After every operation it checks:
 
@@ -24,9 +27,11 @@ After every operation it checks:
    after ``done`` requests leaves the state of applying those ``done`` requests alone (checked
    on a deep copy, for a quarter of the multi-request batches — copies are slow).
 
-Grants here come from :class:`StandInGrants` — a **stand-in** for the grant-table code, labelled
-as such: a frame is granted by its owner to one grantee (optionally read-only); a grant in use
-(mapped) cannot be revoked, as ``GTF_reading``/``GTF_writing`` forbid [XEN-GNTTAB].
+Grants are the hypervisor's own (:mod:`virtcore.xen.grant`); the MMU's grant hook is
+:class:`~virtcore.xen.mmu.MaptrackPolicy` (a foreign frame may enter a page table only while
+the mapper's maptrack holds a grant mapping of it).  A grant unmap first clears the page-table
+entries that map the frame (:meth:`~virtcore.xen.mmu.XenMM.zap_foreign_mappings`, as Xen's
+``replace_grant_host_mapping()`` clears the PTE).
 """
 
 from __future__ import annotations
@@ -40,68 +45,56 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from virtcore.hw.paging import PTE_P, PTE_U, PTE_W, PagingConfig
+from virtcore.xen import Xen
 from virtcore.xen import mmu as X  # noqa: N812 - short name for the constants
-from virtcore.xen.memory import MFN, MachineMemory
-from virtcore.xen.mmu import MMUExtOp, MMUUpdate, XenMM
+from virtcore.xen.grant import (
+    GNTMAP_host_map,
+    GNTMAP_readonly,
+    GnttabMapGrantRef,
+    GNTTABOP_map_grant_ref,
+    GnttabUnmapGrantRef,
+)
+from virtcore.xen.memory import MFN
+from virtcore.xen.mmu import MMUExtOp, MMUUpdate, XenMM, install_pv_mmu
+
+HC_GRANT_TABLE_OP = 20
+GNTTABOP_unmap_grant_ref = 1
+
+__all__ = ["OPS", "World", "XenMM", "apply", "check", "main", "make_property", "run_sequence"]
 
 DOMUS = (1, 2, 3)
 FLAG_BITS = (0x001, 0x002, 0x004, 0x008, 0x010, 0x020, 0x040, 0x080, 0x100, 0x200)
 
 
-class StandInGrants:
-    """STAND-IN for the grant-table code (used until the real grant code is wired to the MMU):
-    ``mfn -> (granter, grantee, readonly)``; in-use counts block revocation."""
-
-    def __init__(self, machine: MachineMemory) -> None:
-        self.machine = machine
-        self.grants: dict[int, tuple[int, int, bool]] = {}
-        self.in_use: dict[int, int] = {}
-
-    def grant(self, granter: int, grantee: int, mfn: int, readonly: bool) -> bool:
-        if self.machine.owner_of(MFN(mfn)) != granter or mfn in self.grants:
-            return False
-        self.grants[mfn] = (granter, grantee, readonly)
-        return True
-
-    def revoke(self, mfn: int) -> bool:
-        if mfn not in self.grants or self.in_use.get(mfn, 0):
-            return False  # CMPXCHG fails: GTF_reading/GTF_writing set
-        del self.grants[mfn]
-        return True
-
-    def allows(self, mapper: int, mfn: int, writable: bool) -> bool:
-        g = self.grants.get(mfn)
-        return (g is not None and g[1] == mapper and not (writable and g[2])
-                and self.machine.owner[mfn] == g[0])
-
-    # the ForeignMapPolicy protocol
-    def may_map(self, mapper: int, mfn: int, writable: bool) -> bool:
-        return self.allows(mapper, mfn, writable)
-
-    def mapped(self, mapper: int, mfn: int, writable: bool) -> None:
-        self.in_use[mfn] = self.in_use.get(mfn, 0) + 1
-
-    def unmapped(self, mapper: int, mfn: int, writable: bool) -> None:
-        self.in_use[mfn] -= 1
-
-
 class World:
-    """A machine, its memory manager, dom0 + three DomUs with built address spaces."""
+    """The hypervisor with this PV MMU, dom0 + three DomUs with built address spaces."""
 
     def __init__(self) -> None:
-        self.machine = MachineMemory(160, 32)
-        self.xen = XenMM(self.machine, PagingConfig.tiny(), tlb_size=4)
-        self.grants = StandInGrants(self.machine)
-        self.xen.foreign = self.grants
-        self.xen.create_pv_domain(0, 16, privileged=True)
+        self.hv = Xen(frames=200, frame_size=32, dom0_memory_pages=16)
+        self.hv.trace.enabled = False
+        self.xen = install_pv_mmu(self.hv, PagingConfig.tiny(), tlb_size=4)
+        self.machine = self.xen.machine
+        for name in ("a", "b", "c"):
+            d = self.hv.create_domain(name, "pv", 24)
+            d.memory.populate_physmap(range(24))
+            d.pause_count = 0
+        for dom in self.hv.domains.values():  # GNTTABOP_setup_table: 8 usable refs at 4/frame
+            dom.grant_table.grow(4)
+        self.xen.adopt_domain(0, privileged=True)
         for d in DOMUS:
-            self.xen.create_pv_domain(d, 24)
+            self.xen.adopt_domain(d)
         for d in (0, *DOMUS):
             self.xen.guests[d].build({0x40: (1, True), 0x60: (2, False), 0x120: (3, True)})
+        self.refs: list[tuple[int, int]] = []  # (granter, ref) granted so far
+
+    def allows(self, mapper: int, mfn: int, writable: bool) -> bool:
+        """Does ``mapper`` hold a live grant mapping of ``mfn`` (writable, if asked)?"""
+        return bool(self.hv.domains[mapper].maptrack.allows(mfn, writable))
 
     def snapshot(self) -> Any:
-        return (self.xen.snapshot(), tuple(sorted(self.grants.grants.items())),
-                tuple(sorted(self.grants.in_use.items())))
+        grants = tuple((d, dom.grant_table.snapshot(), dom.maptrack.snapshot())
+                       for d, dom in sorted(self.hv.domains.items()))
+        return (self.xen.snapshot(), grants)
 
 
 # -- operations --------------------------------------------------------------------------------
@@ -188,22 +181,37 @@ def apply(w: World, op: tuple[int, ...]) -> None:
                X.MMUEXT_PIN_L3_TABLE)[b % 7]
         arg = _frame(w, caller, a) if cmd != X.MMUEXT_INVLPG_LOCAL else (a % 64) << 5
         _checked_single(w, lambda: xen.mmuext_op(caller, [MMUExtOp(cmd, arg)]).rc)
-    elif kind == 5:  # grant one of the caller's frames to a DomU
-        mfn = _frame(w, caller, a)
-        w.grants.grant(caller, DOMUS[b % 3], mfn, bool(c % 2))
-    elif kind == 6:  # revoke
-        if w.grants.grants:
-            w.grants.revoke(sorted(w.grants.grants)[a % len(w.grants.grants)])
-    elif kind == 7:  # map a granted frame (as the grantee would after GNTTABOP_map_grant_ref)
-        if not w.grants.grants:
-            return
-        mfn = sorted(w.grants.grants)[a % len(w.grants.grants)]
-        try:
-            slot = g.map_request((b % 64) << 5, 0)
-        except Exception:
-            return
-        val = mfn << 12 | PTE_P | PTE_U | (PTE_W if c % 2 else 0)
-        _checked_batch(w, caller, [MMUUpdate(slot.ptr, val)], X.DOMID_SELF)
+    elif kind == 5:  # the caller grants a frame (mostly its own) to a DomU; maybe it is mapped
+        mix = (a * 7 + b * 13 + c * 31 + d * 61) & 0xFF  # varied bits even for small draws
+        own = w.machine.frames_of(caller)
+        mfn = int(own[a % len(own)]) if mix & 3 and own else _frame(w, caller, a)
+        grantee = DOMUS[b % 3]
+        ref = w.hv.domains[caller].grant_table.grant_access(grantee, mfn, bool(mix & 4))
+        if ref >= 0:
+            w.refs.append((caller, ref))
+            if mix & 8 and grantee != caller:
+                _map_grant(w, grantee, caller, ref, readonly=bool(mix & 16),
+                           va=(mix % 16) << 5, pte_writable=bool(mix & 32))
+    elif kind == 6:  # revoke a grant, or undo a grant mapping of the caller
+        if c % 2 and w.refs:
+            granter, ref = w.refs[a % len(w.refs)]
+            w.hv.domains[granter].grant_table.end_foreign_access(ref)
+        else:
+            handles = w.hv.domains[caller].maptrack.handles
+            if handles:
+                h = sorted(handles)[a % len(handles)]
+                m = handles[h]
+                if not any(m2.mfn == m.mfn for h2, m2 in handles.items() if h2 != h):
+                    xen.zap_foreign_mappings(caller, m.mfn)  # replace_grant_host_mapping()
+                op = GnttabUnmapGrantRef(host_addr=m.host_addr, handle=h)
+                w.hv.hypercall(caller, HC_GRANT_TABLE_OP, GNTTABOP_unmap_grant_ref, op, 1)
+    elif kind == 7:  # map a grant (GNTTABOP_map_grant_ref), then put the frame in a PTE
+        if w.refs:
+            granter, ref = w.refs[a % len(w.refs)]
+            if granter != caller:
+                mix = (a * 7 + b * 13 + c * 31 + d * 61) & 0xFF
+                _map_grant(w, caller, granter, ref, readonly=bool(mix & 16),
+                           va=(mix % 16) << 5, pte_writable=bool(mix & 32))
     elif kind == 8:  # balloon out / in
         if c % 2:
             xen.memory_op(caller, X.XENMEM_decrease_reservation, [a % 26])
@@ -214,6 +222,22 @@ def apply(w: World, op: tuple[int, ...]) -> None:
     elif kind == 10:  # MMU_MACHPHYS_UPDATE
         ptr = (_frame(w, caller, a) << page_bits) | X.MMU_MACHPHYS_UPDATE
         _checked_batch(w, caller, [MMUUpdate(ptr, b % 40)], X.DOMID_SELF)
+
+
+def _map_grant(w: World, mapper: int, granter: int, ref: int, *, readonly: bool, va: int,
+               pte_writable: bool) -> None:
+    """``GNTTABOP_map_grant_ref`` by ``mapper``, then an ``mmu_update`` putting the granted
+    frame at ``va`` (checked like every update)."""
+    flags = GNTMAP_host_map | (GNTMAP_readonly if readonly else 0)
+    op = GnttabMapGrantRef(host_addr=0x1000 * (1 + va % 8), flags=flags, ref=ref, dom=granter)
+    w.hv.hypercall(mapper, HC_GRANT_TABLE_OP, GNTTABOP_map_grant_ref, op, 1)
+    frame = w.hv.domains[granter].grant_table.entries[ref].frame
+    try:
+        slot = w.xen.guests[mapper].map_request(va, 0)
+    except Exception:
+        return
+    val = frame << 12 | PTE_P | PTE_U | (PTE_W if pte_writable else 0)
+    _checked_batch(w, mapper, [MMUUpdate(slot.ptr, val)], X.DOMID_SELF)
 
 
 def _checked_single(w: World, call: Any) -> None:
@@ -258,7 +282,7 @@ def check(w: World) -> None:
             if d == 0:
                 continue  # dom0 is privileged: it may map its targets' frames
             owner = m.owner_of(MFN(mfn))
-            assert owner == d or w.grants.allows(d, mfn, writable), (
+            assert owner == d or w.allows(d, mfn, writable), (
                 f"d{d} reaches frame {mfn:#x} of {owner} without a grant")
     for g in xen.guests.values():
         if g.baseptr is not None:

@@ -36,16 +36,26 @@ def test_properties_catch_a_validator_that_forgets_ownership(monkeypatch):
 
 
 def test_one_hand_written_sequence():
-    """A grant, a mapping through it, a refused revocation, an unmap, a revocation."""
+    """A grant, a grant map, a PTE through it (read-only only), a refused revocation, the
+    unmap (which clears the PTE first), a revocation."""
     w = soak.World()
-    g1, g2 = w.xen.guests[1], w.xen.guests[2]
-    shared = int(g2.mem.pfn_to_mfn(5))
-    assert w.grants.grant(2, 1, shared, readonly=True)
+    g1 = w.xen.guests[1]
+    granter = w.hv.domains[2]
+    shared = int(w.xen.guests[2].mem.pfn_to_mfn(5))
+    ref = granter.grant_table.grant_access(1, shared, readonly=True)
+    w.refs.append((2, ref))
     slot = g1.map_request(0x80, 0)
-    assert not w.xen.mmu_update(1, [soak.MMUUpdate(slot.ptr, shared << 12 | 0x7)]).ok  # RW
-    assert w.xen.mmu_update(1, [soak.MMUUpdate(slot.ptr, shared << 12 | 0x5)]).ok
+    pte_ro = soak.MMUUpdate(slot.ptr, shared << 12 | 0x5)
+    assert w.xen.mmu_update(1, [pte_ro]).rc == -16  # no grant mapping yet: -EBUSY
+    soak._map_grant(w, 1, 2, ref, readonly=True, va=0xA0, pte_writable=False)
+    assert w.hv.domains[1].maptrack.allows(shared, False)
+    assert g1.access(0xA4) == (shared << 5) + 4
+    assert not w.xen.mmu_update(1, [soak.MMUUpdate(slot.ptr, shared << 12 | 0x7)]).ok
+    assert w.xen.mmu_update(1, [pte_ro]).ok
     soak.check(w)
-    assert not w.grants.revoke(shared)  # in use
-    assert w.xen.mmu_update(1, [g1.unmap_request(0x80)]).ok
-    assert w.grants.revoke(shared)
+    assert not granter.grant_table.end_foreign_access(ref)  # in use
+    soak.apply(w, (6, 1, 0, 0, 0, 0))  # d1 undoes its grant mapping: the PTEs go first
+    assert g1.access(0x80).present is False
+    assert g1.access(0xA0).present is False
+    assert granter.grant_table.end_foreign_access(ref)
     soak.check(w)
