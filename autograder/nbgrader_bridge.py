@@ -26,9 +26,11 @@ wrote runs outside the grader's sandbox**:
 - :class:`NeutralizeMarkdown`: the student's unlocked markdown and raw cells keep no HTML
   (:func:`autograder.sanitize.escape_markdown`), attachments keep images only — formgrader
   renders ``autograded/`` in the instructor's browser;
-- :class:`SafeGrade` (instead of ``Execute``): grades the notebook's answer cells with the
-  course's grader (sandboxed workers, results compared in the grader — the same call as
-  ``python -m autograder grade``), then writes each test cell's outputs: the part's comment
+- :class:`SafeGrade` (instead of ``Execute``): grades the submitted file with the course's
+  grader — the same :class:`~autograder.grade.GradeTask` through the same
+  :func:`~autograder.grade.grade_submission` as ``python -m autograder grade`` (sandboxed
+  workers, hidden cases keyed by the file's SHA-256, results compared in the grader) — then
+  writes each test cell's outputs: the part's comment
   as text and its score as an ``execute_result`` number, which ``SaveAutoGrades`` records as
   partial credit (``repr`` of the float, so the gradebook holds exactly the grader's score);
   every other code cell's outputs stay empty;
@@ -44,7 +46,9 @@ on the class name instead of falling back to ``Execute``.
 from __future__ import annotations
 
 import copy
-import tempfile
+import hashlib
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -162,32 +166,65 @@ class NeutralizeMarkdown(NbGraderPreprocessor):
         return cell, resources
 
 
-def grade_for_nbgrader(nb: Any, assignment: str, student: str, course: Path,
-                       timeout: float) -> Any:
-    """Grade an in-memory notebook the way ``python -m autograder grade`` grades a file.
+def _read_submitted(path: Path) -> bytes:
+    """The submitted notebook's bytes: a regular file, never through a symlink, capped."""
+    from autograder.extract import MAX_NOTEBOOK_BYTES
 
-    Only its answer cells are used (:mod:`autograder.extract`); returns a
-    :class:`~autograder.grade.NotebookResult`.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RuntimeError(f"{path} is not a regular file: not graded")
+        chunks, n = [], 0
+        while n <= MAX_NOTEBOOK_BYTES:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def grade_for_nbgrader(path: Path, assignment: str, student: str, course: Path,
+                       timeout: float, budget: float | None = None) -> Any:
+    """Grade the submitted notebook at ``path`` exactly as ``python -m autograder grade`` does.
+
+    The same :class:`~autograder.grade.GradeTask` (the file's bytes, the source's preamble,
+    the hidden-case key from the secret, the student and the file's SHA-256) through the
+    same :func:`~autograder.grade.grade_submission`, so the hidden cases and the scores are
+    the same.  An outcome with unresolved infrastructure faults is not a grade: it raises,
+    and nbgrader records nothing for that notebook (as ``grade`` does not cache it).
+    Returns a :class:`~autograder.grade.NotebookResult`.
     """
-    import nbformat
-
-    from autograder import grade
+    from autograder import extract, grade
     from autograder.cli import load_secret
+    from autograder.sandbox import sandbox_problem
 
+    problem = sandbox_problem()  # as `grade` does: no sandbox, no grading (never unconfined)
+    if problem:
+        raise RuntimeError(f"cannot grade without a sandbox: {problem}")
     spec = grade._resolve(assignment)[0]
     source = course / "source" / spec.name / spec.notebook
-    secret = load_secret(course)
-    with tempfile.TemporaryDirectory(prefix="virtcore-nbgrader-") as tmp:
-        path = Path(tmp) / spec.notebook
-        nbformat.write(nb, str(path))
-        return grade.grade_notebook(path, spec.name, student, secret,
-                                    source_notebook=source, timeout=timeout)
+    raw = _read_submitted(path)
+    sha = hashlib.sha256(raw).hexdigest()
+    task = grade.GradeTask(student, spec.name, raw, tuple(extract.read_preamble(source)),
+                           grade.hidden_seed_key(load_secret(course), student, spec.name, sha),
+                           sha, part_timeout=timeout,
+                           budget_seconds=budget if budget is not None else grade.STUDENT_BUDGET)
+    outcome = grade.grade_submission(task)
+    if outcome.faults:
+        raise RuntimeError(f"{student} not graded (infrastructure fault, run again):"
+                           f" {'; '.join(outcome.faults)[:500]}")
+    return grade.NotebookResult.from_json(outcome.result)
 
 
 class SafeGrade(_CourseAware):
     """Instead of ``Execute``: grade in the sandbox, report each part in its test cell."""
 
     timeout = Float(60.0, help="Wall-clock limit per graded part, seconds.").tag(config=True)
+    budget = Float(300.0, help="Wall-clock budget per submission, seconds.").tag(config=True)
 
     def preprocess(self, nb: Any, resources: Any) -> tuple[Any, Any]:
         import nbformat
@@ -195,8 +232,14 @@ class SafeGrade(_CourseAware):
         from autograder.gradebook import part_comment, part_test_cell
 
         spec = self._spec(resources)
-        student = resources["nbgrader"]["student"]
-        result = grade_for_nbgrader(nb, spec.name, student, self._course(), self.timeout)
+        info = resources["nbgrader"]
+        student = info["student"]
+        # the submitted file itself (not nbgrader's in-memory copy): the same bytes, so the
+        # same SHA-256 and the same hidden cases as `python -m autograder grade`
+        path = (self._course() / "submitted" / student / spec.name
+                / f"{info.get('notebook') or Path(spec.notebook).stem}.ipynb")
+        result = grade_for_nbgrader(path, spec.name, student, self._course(), self.timeout,
+                                    self.budget)
         resources[_RESULT_KEY] = result
         by_test = {part_test_cell(p.grade_id): p for p in spec.parts}
         got = {p.grade_id: p for p in result.parts}

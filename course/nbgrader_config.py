@@ -57,8 +57,10 @@ c.Autograde.sanitize_preprocessors = SANITIZE_PREPROCESSORS
 c.Autograde.autograde_preprocessors = AUTOGRADE_PREPROCESSORS
 c.RestoreMetadata.course_dir = HERE
 c.SafeGrade.course_dir = HERE
-# Wall-clock limit per graded part in the grader's sandbox, seconds (as `grade --timeout`).
+# Wall-clock limit per graded part in the grader's sandbox, and budget per submission, in
+# seconds (as `grade --timeout` and `grade --budget`).
 c.SafeGrade.timeout = 60.0
+c.SafeGrade.budget = 300.0
 # A deleted test cell is restored from the gradebook instead of becoming "manual grading".
 c.OverwriteCells.add_missing_cells = True
 # Only for `nbgrader validate` on the instructor's own notebooks (it executes them).
