@@ -520,7 +520,9 @@ def test_qemu_kvm_graph_follows_the_running_model() -> None:
     g = vk.qemu_kvm_graph(vmm, vcpus=2)
     assert {d["layer"] for _, d in g.nodes(data=True)} == {"guest", "user", "kernel", "hardware"}
     assert g.nodes["vhost-blk"]["layer"] == "kernel" and g.nodes["vblk"]["layer"] == "user"
-    assert g.edges["ioeventfd", "QEMU I/O thread"]["count"] == 1
+    assert g.edges[f"ioeventfd {VIRTIO_NOTIFY_PORT:#x}", "QEMU I/O thread"]["count"] == 1
+    assert g.edges["KVM", "ioeventfd 0xc060"]["count"] == 0  # vhost's eventfd: not kicked
+    assert g.edges["ioeventfd 0xc060", "vhost-blk"]["count"] == 0
     assert g.edges["CPU 0/KVM", "serial"]["count"] == 1
     assert ("CPU 1/KVM", "/dev/kvm") in g.edges
     with pytest.raises(ViewError):

@@ -795,9 +795,9 @@ def qemu_kvm_graph(vmm: Any, *, vcpus: int = 1, irqchip: bool = True) -> Any:
     the guest's vCPUs; QEMU's process — one vCPU thread per vCPU looping on
     ``KVM_RUN`` [QEMU-ACCEL], its I/O thread, and every device on the VMM's bus
     (an emulated device or a virtio back end in user space); KVM in the kernel with
-    ``/dev/kvm``, the in-kernel irqchip, ioeventfds and vhost workers where the
-    VMM set them up; the CPU with VT-x/AMD-V.  Edges carry ``label`` and
-    ``count``: how many exits took that path in the run so far
+    ``/dev/kvm``, the in-kernel irqchip, one ioeventfd per registered kick address
+    and the vhost workers where the VMM set them up; the CPU with VT-x/AMD-V.  Edges
+    carry ``label`` and ``count``: how many exits took that path in the run so far
     (``vmm.stats``).
 
     Parameters
@@ -853,17 +853,19 @@ def qemu_kvm_graph(vmm: Any, *, vcpus: int = 1, irqchip: bool = True) -> Any:
                    count=st.kernel_to_user if k == 0 else 0)
     for dev in vmm.bus.devices:
         handled = st.by_device.get(dev.name, 0)
-        if isinstance(dev, VirtioNotifyPort) and dev.vhost:
-            g.add_node(dev.name, layer="kernel", kind="vhost worker")
-            g.add_node("ioeventfd", layer="kernel", kind="eventfd")
-            g.add_edge("KVM", "ioeventfd", label="kick", count=handled)
-            g.add_edge("ioeventfd", dev.name, label="wake", count=handled)
-        elif isinstance(dev, VirtioNotifyPort) and dev.ioeventfd:
-            g.add_node(dev.name, layer="user", kind="virtio device")
-            g.add_node("ioeventfd", layer="kernel", kind="eventfd")
-            g.add_edge("KVM", "ioeventfd", label="kick", count=handled)
-            g.add_edge("ioeventfd", "QEMU I/O thread", label="wake", count=handled)
-            g.add_edge("QEMU I/O thread", dev.name, label="process queue", count=handled)
+        if isinstance(dev, VirtioNotifyPort) and dev.ioeventfd:
+            efd = f"ioeventfd {dev.ports.start:#x}"  # one eventfd per registered address
+            g.add_node(efd, layer="kernel", kind="eventfd")
+            g.add_edge("KVM", efd, label="kick", count=handled)
+            if dev.vhost:
+                g.add_node(dev.name, layer="kernel", kind="vhost worker")
+                g.add_edge(efd, dev.name, label="wake", count=handled)
+            else:
+                g.add_node(dev.name, layer="user", kind="virtio device")
+                wakes = g.edges[efd, "QEMU I/O thread"]["count"] if g.has_edge(
+                    efd, "QEMU I/O thread") else 0
+                g.add_edge(efd, "QEMU I/O thread", label="wake", count=wakes + handled)
+                g.add_edge("QEMU I/O thread", dev.name, label="process queue", count=handled)
         else:
             kind = "virtio device" if isinstance(dev, VirtioNotifyPort) else "emulated device"
             g.add_node(dev.name, layer="user", kind=kind)
