@@ -6,10 +6,10 @@ widget wraps a small *console* class whose methods are plain functions of the ho
 same code runs in a notebook, in a test and in a benchmark.
 
 - graphs built from the running model (networkx, imported lazily):
-  :func:`domain_stack_graph` (hardware → Xen → domains → their drivers),
-  :func:`event_channel_graph` (ports and the channels between them, virqs and pirqs from Xen),
-  :func:`grant_graph` (who granted which frame to whom, and whether it is mapped);
-  ``draw_*`` for each, taking ``ax=None``;
+  :func:`domain_stack_graph` and :func:`grant_graph` lay out the library's graph data
+  (:mod:`virtcore.xen.graphs`, :mod:`virtcore.viz.xen`) for the chapters;
+  :func:`event_channel_graph` is chapter 6a's own, one node per *port* with its PENDING and MASK
+  bits (the library's event graph has one node per domain); ``draw_*`` for each, ``ax=None``;
 - tables: :func:`xl_list` (the ``xl list`` text), :func:`port_bits_table`, :func:`trace_table`;
 - widgets: :func:`toolstack_panel` (create / pause / unpause / destroy with ``xl list`` live),
   :func:`event_bits_panel` (mask, send, unmask; PENDING / MASK and the vCPU's bits),
@@ -20,7 +20,7 @@ matplotlib, ipywidgets and networkx are imported inside the functions that need 
 >>> from virtcore.xen import Xen
 >>> xen = Xen(frames=256)
 >>> g = domain_stack_graph(xen)
->>> g.nodes["xen"]["layer"], sorted(g.successors("xen"))
+>>> g.nodes["xen"]["layer"], sorted(g.predecessors("xen"))
 (1, ['d0'])
 """
 
@@ -137,39 +137,37 @@ def xl_list(xen: Xen) -> TextView:
 
 
 def domain_stack_graph(xen: Xen) -> Any:
-    """The host as a directed graph: hardware → Xen → domains → the devices they drive.
+    """The library's stack graph (:func:`virtcore.viz.xen.xen_graph`), laid out for the chapter.
 
-    Nodes carry ``layer`` (0 hardware and devices, 1 Xen, 2 domains), ``role`` and ``label``;
-    an edge ``a → b`` with no ``kind`` reads "b runs on a"; ``kind="owns"`` goes from a domain
-    to a device whose native driver it runs; ``kind="split"`` from a domain's frontend to the
-    domain with its backend (``device`` ``"vbd"`` or ``"vif"``). Built from ``xen.domains``,
-    ``xen.platform`` and the toolstack's split-driver pairs on every call, so it follows the
-    running host.
+    :mod:`virtcore.xen.graphs` builds it from the running host: ``xen → hardware`` ("runs
+    on"), each domain ``→ xen`` ("hypercalls"), each device ``dev:<name> → hardware``, the
+    owner of each device ``→ dev:<name>`` ("native driver") and each frontend's domain ``→``
+    its backend's domain ("split driver", labelled ``vbd``/``vif``). This view adds what the
+    drawings need: ``layer`` (0 hardware and devices, 1 Xen, 2 domains), ``role`` (``dom0``,
+    ``driver``, ``domu``, …), a two-line ``label`` and, on domains, ``domid``.
 
     >>> from virtcore.xen import Xen
     >>> xen = Xen(frames=256); g = domain_stack_graph(xen)
-    >>> [n for n, a in g.nodes(data=True) if a["role"] == "device"] == \\
-    ...     sorted(xen.platform.devices)
-    True
+    >>> sorted(n for n, a in g.nodes(data=True) if a["role"] == "device")
+    ['dev:disk', 'dev:nic', 'dev:serial']
+    >>> g.edges["d0", "dev:disk"]["kind"], g.nodes["d0"]["layer"]
+    ('native driver', 2)
     """
-    nx = require("networkx")
-    g = nx.DiGraph()
-    g.add_node("hardware", layer=0, role="hardware", label="hardware (CPUs, memory, devices)")
-    g.add_node("xen", layer=1, role="xen", label="Xen hypervisor")
-    g.add_edge("hardware", "xen")
-    for name in sorted(xen.platform.devices):
-        g.add_node(name, layer=0, role="device", label=name)
-    for d in sorted(xen.domains.values(), key=lambda d: d.domid):
-        node = f"d{d.domid}"
-        g.add_node(node, layer=2, role=role(d), label=f"{domain_label(d)}\n{d.type}, "
-                   f"{len(d.vcpus)} vCPU", domid=d.domid)
-        g.add_edge("xen", node)
-        for dev in sorted(d.devices):
-            g.add_edge(node, dev, kind="owns")
-    for (fe, kind), front in sorted(xen.xl.frontends.items()):
-        a, b = f"d{fe}", f"d{front.be}"
-        if a in g and b in g:
-            g.add_edge(a, b, kind="split", device=kind)
+    from virtcore.viz.xen import xen_graph
+
+    g = xen_graph(xen, "stack")
+    for n, a in g.nodes(data=True):
+        kind = a.get("kind")
+        if kind == "domain":
+            d = xen.domains[int(n[1:])]
+            a.update(layer=2, role=role(d), domid=d.domid,
+                     label=f"{domain_label(d)}\n{d.type}, {len(d.vcpus)} vCPU")
+        elif kind == "hypervisor":
+            a.update(layer=1, role="xen", label="Xen hypervisor")
+        elif kind == "device":
+            a.update(layer=0, role="device", label=n.removeprefix("dev:"))
+        else:
+            a.update(layer=0, role="hardware", label="hardware (CPUs, memory)")
     return g
 
 
@@ -186,14 +184,15 @@ def draw_domain_stack(xen: Xen, ax: Any = None, *, title: str | None = None) -> 
     pos: dict[str, tuple[float, float]] = {"xen": ((width - 1) / 2, 1.0)}
     for i, n in enumerate(doms):
         pos[n] = (i * (width - 1) / max(len(doms) - 1, 1), 2.0)
-    pos["hardware"] = (0.0, 0.0)
-    for i, n in enumerate(devs, start=1):
-        pos[n] = (i * (width - 1) / max(len(devs), 1), 0.0)
-    ax = _new_axes(ax, (max(6.0, 1.9 * width), 3.6))
+    pos["hardware"] = ((width - 1) / 2, 0.0)
+    for i, n in enumerate(devs):
+        pos[n] = (i * (width - 1) / max(len(devs) - 1, 1), -0.9)
+    ax = _new_axes(ax, (max(6.0, 1.9 * width), 4.2))
     colours = [ROLE_COLOURS[g.nodes[n]["role"]] for n in g.nodes]
-    stack_edges = [(a, b) for a, b, k in g.edges(data="kind") if k is None]
-    own_edges = [(a, b) for a, b, k in g.edges(data="kind") if k == "owns"]
-    split_edges = [(a, b) for a, b, k in g.edges(data="kind") if k == "split"]
+    stack_edges = [(a, b) for a, b, k in g.edges(data="kind")
+                   if k in ("runs on", "hypercalls", "in")]
+    own_edges = [(a, b) for a, b, k in g.edges(data="kind") if k == "native driver"]
+    split_edges = [(a, b) for a, b, k in g.edges(data="kind") if k == "split driver"]
     nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=900, alpha=0.85)
     nx.draw_networkx_edges(g, pos, edgelist=stack_edges, ax=ax, arrows=False, width=1.5,
                            edge_color="#777777")
@@ -206,9 +205,9 @@ def draw_domain_stack(xen: Xen, ax: Any = None, *, title: str | None = None) -> 
                                connectionstyle="arc3,rad=0.35", node_size=900)
     labels = {n: g.nodes[n]["label"] for n in g.nodes}
     for n, (x, y) in pos.items():
-        ax.annotate(labels[n], (x, y), xytext=(0, -24 if y == 0 else 22),
+        ax.annotate(labels[n], (x, y), xytext=(0, -24 if y <= 0 else 22),
                     textcoords="offset points", ha="center", va="center", fontsize=8)
-    ax.set_ylim(-0.6, 2.6)
+    ax.set_ylim(-1.5, 2.6)
     ax.set_xlim(-0.8, width - 0.2)
     ax.set_axis_off()
     ax.set_title(title or "the host: Xen on the hardware, the domains on Xen (dashed: owns the "
@@ -235,9 +234,10 @@ def stack_html(xen: Xen) -> str:
     for n in doms:
         a = g.nodes[n]
         d = xen.domains[a["domid"]]
-        devs = sorted(b for b in g.successors(n) if g.edges[n, b].get("kind") == "owns")
-        fronts = sorted(f"{g.edges[n, b]['device']} → {b}" for b in g.successors(n)
-                        if g.edges[n, b].get("kind") == "split")
+        devs = sorted(g.nodes[b]["label"] for b in g.successors(n)
+                      if g.edges[n, b].get("kind") == "native driver")
+        fronts = sorted(f"{g.edges[n, b]['label']} → {b}" for b in g.successors(n)
+                        if g.edges[n, b].get("kind") == "split driver")
         extra = f"<br><i>native driver: {esc(', '.join(devs))}</i>" if devs else ""
         extra += f"<br><i>frontends: {esc(', '.join(fronts))}</i>" if fronts else ""
         row_doms.append(cell.format(bg=ROLE_COLOURS[a["role"]], span=1,
@@ -245,7 +245,7 @@ def stack_html(xen: Xen) -> str:
                                          f"{len(d.vcpus)} vCPU, {esc(d.state_letters())}"
                                          f"{extra}"))
     span = max(len(doms), 1)
-    devices = ", ".join(n for n, a in g.nodes(data=True) if a["role"] == "device")
+    devices = ", ".join(a["label"] for _n, a in g.nodes(data=True) if a["role"] == "device")
     return ("<table style='border-collapse:collapse'>"
             f"<tr>{''.join(row_doms)}</tr>"
             f"<tr>{cell.format(bg=ROLE_COLOURS['xen'], span=span, text='<b>Xen hypervisor</b>')}"
@@ -532,11 +532,13 @@ def event_bits_panel(*, xen: Xen | None = None) -> Any:
 
 
 def grant_graph(xen: Xen) -> Any:
-    """Who granted which frame to whom, and who mapped it (S4.1): a ``MultiDiGraph``.
+    """Who granted which frame to whom, and whether it is mapped (S4.1): a ``MultiDiGraph``.
 
-    One node per domain (``d<id>``); one edge *granter → grantee* per grant entry in use,
-    with ``ref``, ``frame``, ``readonly`` and ``mapped`` (the grantee holds a mapping of it,
-    which only Xen could install, after checking the entry).
+    The edges are the library's (:func:`virtcore.xen.graphs.grant_graph`, built from every
+    domain's grant table): one *granter → grantee* per grant entry in use, keyed by its ``ref``,
+    with ``frame``, ``readonly`` and ``mapped`` (``GTF_reading`` is set: Xen installed a
+    mapping, after checking the entry). Kept as a multigraph, so two grants between the same
+    domains stay two edges; nodes carry the chapter's ``role`` and ``label``.
 
     >>> from virtcore.xen import Xen
     >>> xen = Xen(frames=256); a = xen.create_guest("a", memory_pages=4)
@@ -544,24 +546,14 @@ def grant_graph(xen: Xen) -> Any:
     >>> [(u, v, k["mapped"]) for u, v, k in grant_graph(xen).edges(data=True)]
     [('d1', 'd0', False)]
     """
-    from virtcore.xen.constants import GTF_permit_access, GTF_readonly, GTF_type_mask
+    from virtcore.xen.graphs import grant_graph as grant_data
 
     nx = require("networkx")
     g = nx.MultiDiGraph()
     for d in sorted(xen.domains.values(), key=lambda d: d.domid):
         g.add_node(f"d{d.domid}", role=role(d), label=domain_label(d))
-    for d in sorted(xen.domains.values(), key=lambda d: d.domid):
-        if d.grant_table is None:
-            continue
-        for ref in d.grant_table.in_use():
-            e = d.grant_table.entries[ref]
-            if e.flags & GTF_type_mask != GTF_permit_access:
-                continue
-            grantee = xen.domains.get(e.domid)
-            mapped = grantee is not None and grantee.maptrack is not None and any(
-                m.granter == d.domid and m.ref == ref for m in grantee.maptrack.handles.values())
-            g.add_edge(f"d{d.domid}", f"d{e.domid}", key=ref, ref=ref, frame=e.frame,
-                       readonly=bool(e.flags & GTF_readonly), mapped=mapped)
+    for u, v, attrs in grant_data(xen).edges:
+        g.add_edge(u, v, key=attrs["ref"], **attrs)
     return g
 
 
@@ -587,6 +579,8 @@ def draw_grants(xen: Xen, ax: Any = None, *, title: str | None = None) -> Any:
         counts.setdefault((u, v), []).append(f"ref {k}" + (" ro" if a["readonly"] else ""))
     nx.draw_networkx_edge_labels(g, pos, edge_labels={e: ", ".join(r[:3]) + (
         " …" if len(r) > 3 else "") for e, r in counts.items()}, font_size=7, ax=ax)
+    ax.set_xlim(-1.5, 1.5)
+    ax.set_ylim(-1.4, 1.4)
     ax.set_axis_off()
     ax.set_title(title or "grants: granter → grantee (solid: mapped through Xen, dotted: "
                  "granted, not mapped)", fontsize=9)
