@@ -21,6 +21,8 @@ Target (issue 9 §5): the model at >= 50 % of the baseline's translations/s.
 
 from __future__ import annotations
 
+from functools import partial
+
 from benchmarks._util import Row, best_of
 from virtcore.hw.paging import PagingConfig
 from virtcore.rng import make_rng
@@ -121,9 +123,9 @@ def run(repeat: int = 3) -> list[Row]:
     rows = []
     for tlb_size, label in ((TLB_SIZE, f"{TLB_SIZE}-entry TLB"), (0, "no TLB")):
         hits: list[float] = []
-        t_base, n_base = best_of(lambda s=tlb_size, h=hits: baseline_run(stream, s, h), repeat)
+        t_base, n_base = best_of(partial(baseline_run, stream, tlb_size, hits), repeat)
         _, g = _guest(tlb_size)  # built and warmed up outside the timing
-        t_model, n = best_of(lambda g=g: model_run(g, stream), repeat)
+        t_model, n = best_of(partial(model_run, g, stream), repeat)
         hit_base = hits[-1]
         hit = g.mmu.tlb.hits / g.mmu.tlb.lookups
         refs = g.mmu.memory_references

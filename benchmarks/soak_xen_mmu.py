@@ -53,6 +53,8 @@ from virtcore.xen.grant import (
     GnttabMapGrantRef,
     GNTTABOP_map_grant_ref,
     GnttabUnmapGrantRef,
+    GrantTable,
+    MapTrack,
 )
 from virtcore.xen.memory import MFN
 from virtcore.xen.mmu import MMUExtOp, MMUUpdate, XenMM, install_pv_mmu
@@ -75,25 +77,37 @@ class World:
         self.xen = install_pv_mmu(self.hv, PagingConfig.tiny(), tlb_size=4)
         self.machine = self.xen.machine
         for name in ("a", "b", "c"):
-            d = self.hv.create_domain(name, "pv", 24)
-            d.memory.populate_physmap(range(24))
-            d.pause_count = 0
-        for dom in self.hv.domains.values():  # GNTTABOP_setup_table: 8 usable refs at 4/frame
-            dom.grant_table.grow(4)
+            new = self.hv.create_domain(name, "pv", 24)
+            new.memory.populate_physmap(range(24))
+            new.pause_count = 0
+        for domid in self.hv.domains:  # GNTTABOP_setup_table: 8 usable refs at 4 per frame
+            self.table(domid).grow(4)
         self.xen.adopt_domain(0, privileged=True)
-        for d in DOMUS:
-            self.xen.adopt_domain(d)
-        for d in (0, *DOMUS):
-            self.xen.guests[d].build({0x40: (1, True), 0x60: (2, False), 0x120: (3, True)})
+        for domid in DOMUS:
+            self.xen.adopt_domain(domid)
+        for domid in (0, *DOMUS):
+            self.xen.guests[domid].build({0x40: (1, True), 0x60: (2, False), 0x120: (3, True)})
         self.refs: list[tuple[int, int]] = []  # (granter, ref) granted so far
+
+    def table(self, domid: int) -> GrantTable:
+        """Domain ``domid``'s grant table."""
+        t = self.hv.domains[domid].grant_table
+        assert t is not None
+        return t
+
+    def maptrack(self, domid: int) -> MapTrack:
+        """Domain ``domid``'s maptrack table."""
+        t = self.hv.domains[domid].maptrack
+        assert t is not None
+        return t
 
     def allows(self, mapper: int, mfn: int, writable: bool) -> bool:
         """Does ``mapper`` hold a live grant mapping of ``mfn`` (writable, if asked)?"""
-        return bool(self.hv.domains[mapper].maptrack.allows(mfn, writable))
+        return self.maptrack(mapper).allows(mfn, writable)
 
     def snapshot(self) -> Any:
-        grants = tuple((d, dom.grant_table.snapshot(), dom.maptrack.snapshot())
-                       for d, dom in sorted(self.hv.domains.items()))
+        grants = tuple((d, self.table(d).snapshot(), self.maptrack(d).snapshot())
+                       for d in sorted(self.hv.domains))
         return (self.xen.snapshot(), grants)
 
 
@@ -186,7 +200,7 @@ def apply(w: World, op: tuple[int, ...]) -> None:
         own = w.machine.frames_of(caller)
         mfn = int(own[a % len(own)]) if mix & 3 and own else _frame(w, caller, a)
         grantee = DOMUS[b % 3]
-        ref = w.hv.domains[caller].grant_table.grant_access(grantee, mfn, bool(mix & 4))
+        ref = w.table(caller).grant_access(grantee, mfn, bool(mix & 4))
         if ref >= 0:
             w.refs.append((caller, ref))
             if mix & 8 and grantee != caller:
@@ -195,16 +209,16 @@ def apply(w: World, op: tuple[int, ...]) -> None:
     elif kind == 6:  # revoke a grant, or undo a grant mapping of the caller
         if c % 2 and w.refs:
             granter, ref = w.refs[a % len(w.refs)]
-            w.hv.domains[granter].grant_table.end_foreign_access(ref)
+            w.table(granter).end_foreign_access(ref)
         else:
-            handles = w.hv.domains[caller].maptrack.handles
+            handles = w.maptrack(caller).handles
             if handles:
                 h = sorted(handles)[a % len(handles)]
                 m = handles[h]
                 if not any(m2.mfn == m.mfn for h2, m2 in handles.items() if h2 != h):
                     xen.zap_foreign_mappings(caller, m.mfn)  # replace_grant_host_mapping()
-                op = GnttabUnmapGrantRef(host_addr=m.host_addr, handle=h)
-                w.hv.hypercall(caller, HC_GRANT_TABLE_OP, GNTTABOP_unmap_grant_ref, op, 1)
+                unmap = GnttabUnmapGrantRef(host_addr=m.host_addr, handle=h)
+                w.hv.hypercall(caller, HC_GRANT_TABLE_OP, GNTTABOP_unmap_grant_ref, unmap, 1)
     elif kind == 7:  # map a grant (GNTTABOP_map_grant_ref), then put the frame in a PTE
         if w.refs:
             granter, ref = w.refs[a % len(w.refs)]
@@ -229,9 +243,10 @@ def _map_grant(w: World, mapper: int, granter: int, ref: int, *, readonly: bool,
     """``GNTTABOP_map_grant_ref`` by ``mapper``, then an ``mmu_update`` putting the granted
     frame at ``va`` (checked like every update)."""
     flags = GNTMAP_host_map | (GNTMAP_readonly if readonly else 0)
-    op = GnttabMapGrantRef(host_addr=0x1000 * (1 + va % 8), flags=flags, ref=ref, dom=granter)
+    op = GnttabMapGrantRef(host_addr=0x1000 * (1 + (va >> 5) % 8), flags=flags, ref=ref,
+                           dom=granter)
     w.hv.hypercall(mapper, HC_GRANT_TABLE_OP, GNTTABOP_map_grant_ref, op, 1)
-    frame = w.hv.domains[granter].grant_table.entries[ref].frame
+    frame = w.table(granter).entries[ref].frame
     try:
         slot = w.xen.guests[mapper].map_request(va, 0)
     except Exception:
