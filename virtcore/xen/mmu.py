@@ -75,6 +75,15 @@ What the model simplifies (to say in class)
   model always takes the new references before dropping the old ones, which gives the same
   result.
 
+Where things are
+----------------
+:class:`XenMM` (validation and the hypercalls, callable directly with the caller's domid),
+:class:`PVGuest` (a guest's vCPU MMU and its kernel's side: building, ``map_request``, the
+three-space :meth:`PVGuest.translate` trace), :func:`install_pv_mmu` (wires the hypercalls into
+:class:`virtcore.xen.Xen`, with :class:`MaptrackPolicy` as the grant hook), and
+:func:`translate_many` (the fast loop over the hw MMU).  HVM guests: :mod:`virtcore.xen.nested`
+and :mod:`virtcore.xen.shadow`.
+
 >>> from virtcore.xen.memory import MachineMemory
 >>> from virtcore.hw.paging import PagingConfig
 >>> xen = XenMM(MachineMemory(64, frame_size=32), PagingConfig.tiny())
