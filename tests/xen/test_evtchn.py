@@ -12,8 +12,10 @@ from virtcore.xen.evtchn import (
     EvtchnBindInterdomain,
     EvtchnBindIpi,
     EvtchnBindPirq,
+    EvtchnBindVcpu,
     EvtchnBindVirq,
     EvtchnClose,
+    EvtchnReset,
     EvtchnSend,
     EvtchnStatus,
     EvtchnUnmask,
@@ -153,3 +155,17 @@ def test_bad_arguments_return_errors_and_change_nothing(xen: Xen) -> None:
         rc = xen.hypercall(d, EV, *args)
         assert rc in (-k.ENOSYS, -k.EFAULT, -k.EINVAL, -k.ESRCH), args
     assert xen.snapshot() == snap
+
+
+def test_reset_closes_everything_and_bind_vcpu_moves_delivery(xen: Xen) -> None:
+    a, b = xen.create_guest("a"), xen.create_guest("b", vcpus=2)
+    pa, pb = connect(xen, a, b)
+    assert xen.hypercall(b, EV, k.EVTCHNOP_bind_vcpu, EvtchnBindVcpu(pb, 1)) == 0
+    before = b.vcpus[1].upcalls
+    xen.hypercall(a, EV, 4, EvtchnSend(pa))
+    assert b.vcpus[1].upcalls == before + 1
+    assert xen.hypercall(a, EV, k.EVTCHNOP_reset, EvtchnReset(dom=b.domid)) == -k.EPERM
+    assert xen.hypercall(b, EV, k.EVTCHNOP_reset, EvtchnReset()) == 0
+    assert b.evtchn == {} and a.evtchn[pa].state == k.EVTCHNSTAT_unbound
+    assert xen.hypercall(0, EV, k.EVTCHNOP_reset, EvtchnReset(dom=a.domid)) == 0
+    assert a.evtchn == {}

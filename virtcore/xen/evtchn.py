@@ -23,6 +23,8 @@ The real rules, with the names of ``xen/common/event_channel.c`` and ``event_2l.
   ``-EINVAL``.
 - ``EVTCHNOP_status`` (5): another domain's ports only for a privileged caller (``-EPERM``).
 - ``EVTCHNOP_unmask`` (9) [``evtchn_2l_unmask``]: clear MASK; if PENDING, deliver now.
+- ``EVTCHNOP_reset`` (10) [``evtchn_reset``]: close all of a domain's ports (itself, or any
+  domain for a privileged caller).
 - delivery [``evtchn_2l_set_pending``]: test-and-set PENDING — if it was already set, nothing
   more (no new edge); if MASK is clear, set the word's bit in the vCPU's
   ``evtchn_pending_sel`` and then ``evtchn_upcall_pending`` (``vcpu_mark_events_pending``);
@@ -78,6 +80,7 @@ from virtcore.xen.constants import (
     EVTCHNOP_bind_vcpu,
     EVTCHNOP_bind_virq,
     EVTCHNOP_close,
+    EVTCHNOP_reset,
     EVTCHNOP_send,
     EVTCHNOP_status,
     EVTCHNOP_unmask,
@@ -107,6 +110,7 @@ __all__ = [
     "EvtchnBindVcpu",
     "EvtchnBindVirq",
     "EvtchnClose",
+    "EvtchnReset",
     "EvtchnSend",
     "EvtchnStatus",
     "EvtchnUnmask",
@@ -212,6 +216,13 @@ class EvtchnUnmask:
     port: int = 0
 
 
+@dataclass
+class EvtchnReset:
+    """``struct evtchn_reset``: IN ``dom`` (``DOMID_SELF``, or any domain for the privileged)."""
+
+    dom: int = DOMID_SELF
+
+
 _STRUCTS: dict[int, type[Any]] = {
     EVTCHNOP_alloc_unbound: EvtchnAllocUnbound,
     EVTCHNOP_bind_interdomain: EvtchnBindInterdomain,
@@ -223,6 +234,7 @@ _STRUCTS: dict[int, type[Any]] = {
     EVTCHNOP_status: EvtchnStatus,
     EVTCHNOP_bind_vcpu: EvtchnBindVcpu,
     EVTCHNOP_unmask: EvtchnUnmask,
+    EVTCHNOP_reset: EvtchnReset,
 }
 
 
@@ -565,7 +577,23 @@ def do_event_channel_op(xen: Xen, dom: Domain, vcpu: int, args: tuple[Any, ...])
         return _status(xen, dom, arg)
     if cmd == EVTCHNOP_bind_vcpu:
         return _bind_vcpu(xen, dom, arg)
+    if cmd == EVTCHNOP_reset:
+        return _reset(xen, dom, arg)
     return unmask(xen, dom, arg.port)
+
+
+def _reset(xen: Xen, cur: Domain, r: EvtchnReset) -> int:
+    """``evtchn_reset``: close every port of the domain (peers go back to unbound)."""
+    if not _int(r.dom):
+        return -EINVAL
+    d = xen.lookup_any(cur, r.dom)
+    if d is None:
+        return -ESRCH
+    if d is not cur and not cur.is_privileged:
+        return -EPERM
+    for port in list(d.evtchn):
+        close_port(xen, d, port)
+    return 0
 
 
 def describe(cmd: object, arg: object) -> str:
