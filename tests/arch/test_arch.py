@@ -803,3 +803,18 @@ def test_each_vm_reads_its_own_cr3_even_after_the_other_vm_wrote_its_own():
         if t.served_at("vm1", "mov_cr3") < t.served_at("vm2", "read_cr3"):
             after += 1                                  # ... including after vm1's write
     assert after >= 5
+
+
+def test_no_virtualized_path_is_cheaper_than_native():
+    """A fair baseline: every architecture pays at least what the bare machine pays."""
+    from virtcore.arch import bare_metal_xen
+
+    stacks = [*all_stacks(), bare_metal_xen(), bare_metal(embedded=True), kvm_nested(2)]
+    for stack in stacks:
+        for assist in (False, True):
+            if stack.requires_hardware_assist and not assist:
+                continue
+            guest = stack.guests[-1]
+            for ev in ALL_EVENTS:
+                virt = path_cost(event_path(stack, ev, hardware_assist=assist, guest=guest))
+                assert virt >= path_cost(event_path(native(), ev)), (stack.name, ev, assist)
