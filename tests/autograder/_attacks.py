@@ -162,6 +162,11 @@ def leftovers(tmp: Path) -> list[str]:
     return out
 
 
+def gradebook_token(marker: str) -> str:
+    """What :func:`fs_attack` tries to append to the gradebook (it never appears in messages)."""
+    return "GB-" + marker[::-1]
+
+
 def fs_attack(course: Path, marker: str, home: str, repo: Path = REPO) -> dict[str, str]:
     """An a1 ``handlers_io`` cell that reads the course secret (file, environment, the
     parent's environment), writes the gradebook, ``nbgrader_config.py``, the checkout and the
@@ -171,7 +176,7 @@ def fs_attack(course: Path, marker: str, home: str, repo: Path = REPO) -> dict[s
         return " + ".join(repr(path[i:i + 5]) for i in range(0, len(path), 5))
 
     targets = [(str(course / "nbgrader_config.py"), f"\\nc.Exchange.root = '/tmp/{marker}'\\n"),
-               (str(course / "gradebook.db"), marker),
+               (str(course / "gradebook.db"), gradebook_token(marker)),
                (str(repo / f"virtcore-pwned-{marker}"), marker),
                (str(Path(home) / f"virtcore-pwned-{marker}"), marker)]
     writes = "\n".join(f"_write({parts(p)}, {t!r})" for p, t in targets)
@@ -218,10 +223,8 @@ handle_out = handle_in
 #: The a1 class graded at once: two correct students, the blank, and the attacks.
 A1_ATTACKS = {"execs_reference_source": "a1_execs_reference_source.py",
               "reads_course_source": "a1_reads_course_source.py",
-              "kills_other_workers": "a1_kills_other_workers.py",
-              "reference_at_runtime": "a1_reference_at_runtime.py"}
+              "kills_other_workers": "a1_kills_other_workers.py"}
 A2_ATTACKS = {"execs_reference_source": "a2_execs_reference_source.py",
               "forges_results": "a2_forges_results.py"}
 A3_ATTACKS = {"reads_grader_module": "a3_reads_grader_module.py",
-              "vars_sys": "a3_vars_sys.py",
-              "reference_at_runtime": "a3_reference_at_runtime.py"}
+              "vars_sys": "a3_vars_sys.py"}

@@ -127,7 +127,8 @@ def test_a1_files_secret_and_home_are_out_of_reach(a1_class: dict[str, Any]) -> 
     assert "FileNotFoundError" in message and "wrote" not in message.replace(
         "wrote /tmp", "").replace("wrote /var/tmp", "").replace("wrote /dev/shm", "")
     assert a1_class["pwned"] == []
-    assert a1_class["marker"].encode() not in (a1_class["course"] / "gradebook.db").read_bytes()
+    token = A.gradebook_token(a1_class["marker"]).encode()
+    assert token not in (a1_class["course"] / "gradebook.db").read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +141,18 @@ def a2_class(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_a2_attacks_score_no_more_than_the_blank(a2_class: dict[str, Any]) -> None:
-    _common(a2_class, list(A.A2_ATTACKS), ["ref"])
-    forged = a2_class["results"]["forges_results"]
-    assert any("not a schedule of this case" in c["message"]
-               for p in forged["parts"] for c in p["checks"])
+    # the forger is checked on its own below: a forged trace that happens to be a legal
+    # schedule of a CPU-bound case still earns what that schedule is worth (see the README)
+    _common(a2_class, [k for k in A.A2_ATTACKS if k != "forges_results"], ["ref"])
+
+
+def test_a2_forged_traces_must_be_legal_schedules(a2_class: dict[str, Any]) -> None:
+    forged = {p["grade_id"]: p for p in a2_class["results"]["forges_results"]["parts"]}
+    # an interactive or I/O-bound vCPU cannot run while it sleeps: the replay refuses it
+    assert forged["credit_boost"]["score"] == 0
+    assert all("not a schedule of this case" in c["message"]
+               for c in forged["credit_boost"]["checks"])
+    assert _score(a2_class, "forges_results") < 45 / 2
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +212,19 @@ def _nonroot_python() -> str | None:
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not _nonroot_python(),
                     reason="simulating a non-root instructor needs root, setpriv and a system"
                            " python readable by nobody")
-def test_grading_as_an_ordinary_user_is_as_safe(tmp_path: Path) -> None:
+def test_grading_as_an_ordinary_user_is_as_safe() -> None:
     """The whole CLI as uid 65534 (an instructor without root): the course, its secret and
     the instructor's home belong to that user, and still the student's code reaches none."""
+    import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="virtcore-nonroot-"))  # pytest's are root-only
+    try:
+        _as_an_ordinary_user(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _as_an_ordinary_user(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     marker = uuid.uuid4().hex[:10]
     home = tmp_path / "home"
@@ -232,7 +251,7 @@ def test_grading_as_an_ordinary_user_is_as_safe(tmp_path: Path) -> None:
     assert (course / "nbgrader_config.py").read_bytes() == config
     assert not (home / f"virtcore-pwned-{marker}").exists()
     assert not (A.REPO / f"virtcore-pwned-{marker}").exists()
-    assert marker.encode() not in (course / "gradebook.db").read_bytes()
+    assert A.gradebook_token(marker).encode() not in (course / "gradebook.db").read_bytes()
     assert A.leftovers(tmp_path) == []
     for d in ("/tmp", "/var/tmp", "/dev/shm"):
         assert not Path(d, f"virtcore-left-{marker}").exists()
@@ -282,7 +301,7 @@ def test_grade_refuses_without_a_sandbox_and_faults_are_never_cached(
     monkeypatch.setattr(sandbox, "sandbox_problem", lambda: "bubblewrap is not installed")
     assert cli.main(["grade", A1, "--course", str(course)]) == 2
     assert "no sandbox" in capsys.readouterr().err
-    assert not (course / "autograded").exists()
+    assert not (course / "autograded" / "ref").exists()
     # a sandbox that keeps failing before any student code ran: retried, then not a grade
     monkeypatch.setattr(cli, "_executor", lambda args, n: ThreadPoolExecutor(1))
     calls = []
