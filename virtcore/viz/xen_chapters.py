@@ -49,7 +49,7 @@ __all__ = [
     "SplitRequest",
     "ToolstackConsole",
     "batch_requests",
-    "connect_block_device",
+    "block_pair",
     "control_matrix",
     "domain_stack_graph",
     "draw_domain_stack",
@@ -1074,6 +1074,9 @@ _STAGE = {"front": "frontend", "hypercall": "Xen", "event": "Xen", "upcall": "Xe
           "sched": "Xen", "grant": "Xen", "back": "backend", "device": "hardware",
           "dma": "hardware", "iommu": "hardware"}
 STAGES = ("frontend", "ring", "Xen", "backend", "hardware")
+#: The event-channel bits shown with each step: each side's port PENDING bit and its vCPU 0's
+#: ``evtchn_upcall_pending``.
+RING_BITS = ("front_pending", "back_pending", "front_upcall_pending", "back_upcall_pending")
 
 
 @dataclass(frozen=True)
@@ -1081,8 +1084,8 @@ class RingStep:
     """One step of a split-driver request, with the state right after it.
 
     ``indices`` are the ring's indices (:data:`RING_INDICES`); ``bits`` the PENDING bit of
-    each side's event-channel port (``front_pending``, ``back_pending``) and the upcalls each
-    side has taken so far (``front_upcalls``, ``back_upcalls``).
+    each side's event-channel port and its vCPU's ``evtchn_upcall_pending``
+    (:data:`RING_BITS`).
     """
 
     n: int
@@ -1138,57 +1141,29 @@ class SplitRequest:
                 f"{self.result!r}, {len(self.steps)} steps, {self.total_ns:g} ns)")
 
 
-def _ring_state(blkfront: Any, blkback: Any) -> dict[str, int]:
-    from virtcore.xen.ring import read_header
+def block_pair(xen: Xen, name: str = "guest", **config: Any) -> tuple[Domain, Any, Any]:
+    """``xl create`` a DomU with a virtual disk; returns it, its blkfront and Dom0's blkback.
 
-    fr = blkfront.ring
-    if fr is None:
-        return dict.fromkeys(RING_INDICES, 0)
-    req_prod, req_event, rsp_prod, rsp_event = read_header(fr.acc)
-    br = blkback.ring
-    return {"req_prod": req_prod, "req_event": req_event, "rsp_prod": rsp_prod,
-            "rsp_event": rsp_event, "req_prod_pvt": fr.req_prod_pvt, "rsp_cons": fr.rsp_cons,
-            "req_cons": br.req_cons if br is not None else 0,
-            "rsp_prod_pvt": br.rsp_prod_pvt if br is not None else 0}
-
-
-def _bits(xen: Xen, blkfront: Any, blkback: Any) -> dict[str, int]:
-    f, b = xen.domains.get(blkfront.fe), xen.domains.get(blkback.be)
-
-    def pending(d: Domain | None, port: int) -> int:
-        if d is None or not port:
-            return 0
-        return int(d.shared_info.test(d.shared_info.evtchn_pending, port))
-
-    return {"front_pending": pending(f, blkfront.port), "back_pending": pending(b, blkback.port),
-            "front_upcalls": f.stats.upcalls if f else 0,
-            "back_upcalls": b.stats.upcalls if b else 0}
-
-
-def connect_block_device(xen: Xen, front: Domain, back: Domain | None = None) -> tuple[Any, Any]:
-    """Connect a blkfront in ``front`` to a blkback in ``back`` (default Dom0): the handshake.
-
-    The back end watches XenStore; the front end allocates the ring page, grants it, allocates
-    an unbound port and publishes both; the back end maps the ring and binds the port.
+    The toolstack does the handshake: the back end watches XenStore; the front end allocates
+    the ring page, grants it, allocates an unbound port and publishes both; the back end maps
+    the ring and binds the port.
     """
-    from virtcore.xen.splitdrv import BlkBack, BlkFront
-
-    back = back if back is not None else xen.dom0
-    blkback = BlkBack(xen, back.domid, front.domid)
-    blkfront = BlkFront(xen, front.domid, back.domid)
-    blkfront.connect()
-    if not blkback.connected:
-        raise ViewError("the back end did not connect")
-    return blkfront, blkback
+    cfg: dict[str, Any] = {"name": name, "memory_pages": 32, "disk": True}
+    cfg.update(config)
+    front = xen.xl.create(cfg)
+    key = (front.domid, "vbd")
+    return front, xen.xl.frontends[key], xen.xl.backends[key]
 
 
 def split_request(op: str = "read", sector: int = 3, *, data: bytes = b"hello, disk",
                   xen: Xen | None = None) -> SplitRequest:
-    """One block request from a DomU's blkfront to Dom0's blkback, recorded step by step.
+    """One block request from a DomU's blkfront to Dom0's blkback, step by step.
 
-    The model runs the request synchronously; a listener on Xen's trace records, after every
-    step, the ring's indices and both ports' PENDING bits. For ``op="read"`` the sector is
-    first written straight to the disk device, so the read returns ``data``.
+    The model runs the request synchronously and records, after every step of its trace, the
+    ring's indices and both ports' bits (:attr:`virtcore.xen.splitdrv.BlkResult.states`);
+    this view gives each step its place (front end, ring, Xen, back end, hardware). For
+    ``op="read"`` the sector is first written straight to the disk device, so the read returns
+    ``data``.
 
     >>> r = split_request()
     >>> r.result.data[:11], r.notifications
@@ -1201,27 +1176,18 @@ def split_request(op: str = "read", sector: int = 3, *, data: bytes = b"hello, d
     if op not in ("read", "write"):
         raise ViewError(f"op must be 'read' or 'write', got {op!r}")
     xen = xen if xen is not None else Xen(frames=512)
-    front = xen.create_guest("guest", memory_pages=32)
-    blkfront, blkback = connect_block_device(xen, front)
+    front, blkfront, blkback = block_pair(xen)
     ring_ref = int(xen.xenstore.read(0, f"{blkfront.path}/ring-ref"))
     if op == "read":  # the disk already holds the data (written straight to the device)
         disk: Any = xen.platform["disk"].hw
         disk.write_sector(sector, bytes(data).ljust(512, b"\0"))
-    steps: list[RingStep] = []
-
-    def record(ev: Any) -> None:
-        stage = _STAGE.get(ev.kind, "Xen")
-        if ev.kind == "ring":
-            stage = "ring"
-        steps.append(RingStep(len(steps) + 1, "xen" if ev.domid is None else f"d{ev.domid}",
-                              ev.kind, stage, ev.text, ev.cost, _ring_state(blkfront, blkback),
-                              _bits(xen, blkfront, blkback)))
-
-    xen.trace.listeners.append(record)
-    try:
-        result = blkfront.read(sector, 1) if op == "read" else blkfront.write(sector, data)
-    finally:
-        xen.trace.listeners.remove(record)
+    result = blkfront.read(sector, 1) if op == "read" else blkfront.write(sector, data)
+    steps = []
+    for i, (ev, state) in enumerate(zip(result.steps, result.states), start=1):
+        stage = "ring" if ev.kind == "ring" else _STAGE.get(ev.kind, "Xen")
+        steps.append(RingStep(i, "xen" if ev.domid is None else f"d{ev.domid}", ev.kind, stage,
+                              ev.text, ev.cost, {k: state.get(k, 0) for k in RING_INDICES},
+                              {k: state.get(k, 0) for k in RING_BITS}))
     return SplitRequest(xen, front, xen.dom0, blkfront, blkback, ring_ref, result, tuple(steps))
 
 
@@ -1243,8 +1209,8 @@ def render_ring_step(req: SplitRequest, i: int) -> str:
     idx = "".join(f"<td style='padding:2px 8px'>{esc(k)}<br><b>{v}</b></td>"
                   for k, v in s.indices.items())
     bits = (f"back port PENDING <b>{s.bits['back_pending']}</b> · front port PENDING "
-            f"<b>{s.bits['front_pending']}</b> · upcalls back/front <b>{s.bits['back_upcalls']}"
-            f"/{s.bits['front_upcalls']}</b>")
+            f"<b>{s.bits['front_pending']}</b> · evtchn_upcall_pending back/front "
+            f"<b>{s.bits['back_upcall_pending']}/{s.bits['front_upcall_pending']}</b>")
     return (f"<table style='border-collapse:collapse'><tr>{''.join(cells)}</tr></table>"
             f"<p style='margin:4px 0'><b>step {s.n}/{len(req.steps)}</b> · {esc(s.who)} · "
             f"<code>{esc(s.kind)}</code> · {esc(s.text)} · <b>{s.cost:g} ns</b> "
@@ -1319,8 +1285,7 @@ def batch_requests(requests: int, batch: int, *, xen: Xen | None = None) -> Batc
     if not 1 <= batch <= 16 or not 1 <= requests <= 64:
         raise ViewError("requests must be 1..64 and batch 1..16")
     xen = xen if xen is not None else Xen(frames=512)
-    front = xen.create_guest("guest", memory_pages=32)
-    blkfront, _blkback = connect_block_device(xen, front)
+    front, blkfront, _blkback = block_pair(xen)
     gt = front.grant_table
     assert gt is not None
     start = xen.trace.seq
