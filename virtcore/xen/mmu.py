@@ -1409,6 +1409,34 @@ def translate_many(mmu: MMU, vas: Iterable[int], *, write: bool = False, user: b
     refill = mmu.refill
     lookups = misses = walks = refs = faults = 0
     keep = out is not None
+    if two_level and not keep:  # the benchmark's case, tightest: counters summed at the end
+        vas = vas if isinstance(vas, list) else list(vas)
+        for va in vas:
+            vpn = va >> page_bits
+            if capacity:
+                e = entries.get(vpn)
+                if e is not None and e & need == need:
+                    continue
+            if 0 <= vpn < vpn_limit:
+                pde = words[root_word + (vpn >> index_bits)]
+                if pde & must == must and pde >> 12 < nframes:
+                    pte = words[((pde >> 12) << word_shift) + (vpn & index_mask)]
+                    if pte & leaf_must == leaf_must:
+                        walks += 1
+                        if capacity:
+                            perms = pde & pte & (pte_wu if pte & pte_d else pte_u)
+                            if vpn not in entries and len(entries) >= capacity:
+                                del entries[next(iter(entries))]
+                                tlb.evictions += 1
+                            entries[vpn] = ((pte >> 12) << page_bits) | pte_p | perms
+                        continue
+            if isinstance(refill(va, access, user), PageFault):  # counts its own miss
+                faults += 1
+        tlb.lookups += len(vas)
+        tlb.misses += walks
+        mmu.walks += walks
+        mmu.memory_references += 2 * walks
+        return faults
     for va in vas:
         lookups += 1
         vpn = va >> page_bits
