@@ -460,9 +460,10 @@ class Xen:
         return 0
 
     def _in_frame(self, mfn: object, offset: object, n: object) -> bool:
-        ok = all(isinstance(x, int) and not isinstance(x, bool) for x in (mfn, offset, n))
-        return ok and self.memory.valid_mfn(mfn) and offset >= 0 and n >= 0 and (  # type: ignore
-            offset + n <= self.memory.frame_size)  # type: ignore[operator]
+        if type(mfn) is not int or type(offset) is not int or type(n) is not int:
+            return False  # (``type(True) is bool``: flags are not addresses either)
+        return (0 <= mfn < self.memory.nframes and offset >= 0 and n >= 0
+                and offset + n <= self.memory.frame_size)
 
     def pfn_to_mfn(self, domid: int, pfn: int) -> int:
         """The machine frame behind ``domid``'s pseudo-physical frame ``pfn``."""
