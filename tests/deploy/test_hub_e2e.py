@@ -134,6 +134,7 @@ class Hub:
             http_json(f"{self.info.url}/hub/api/users/{user}/server", method="POST",
                       token=token, body={}, timeout=30)
         except urllib.error.HTTPError as e:  # 400: already running
+            e.close()
             if e.code != 400:
                 raise
         deadline = t0 + SPAWN_TIMEOUT
@@ -348,6 +349,7 @@ def test_formgrader_shows_the_autograder_scores(hub: Hub) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         hub.server(hub.s2, f"formgrader/api/submissions/{A1}")
     assert err.value.code == 404
+    err.value.close()
 
 
 def test_a_student_reaches_nothing_of_others(hub: Hub) -> None:
