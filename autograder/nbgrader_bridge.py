@@ -31,7 +31,8 @@ wrote runs outside the grader's sandbox**:
   :func:`~autograder.grade.grade_submission` as ``python -m autograder grade`` (sandboxed
   workers, hidden cases keyed by the file's SHA-256, results compared in the grader) — then
   writes each test cell's outputs: the part's comment
-  as text and its score as an ``execute_result`` number, which ``SaveAutoGrades`` records as
+  as text (hidden seeds redacted: ``nbgrader generate_feedback`` shows it to the student) and
+  its score as an ``execute_result`` number, which ``SaveAutoGrades`` records as
   partial credit (``repr`` of the float, so the gradebook holds exactly the grader's score);
   every other code cell's outputs stay empty;
 - :class:`SaveComments` (after ``SaveAutoGrades``, which blanks the answer cells'
@@ -229,6 +230,7 @@ class SafeGrade(_CourseAware):
     def preprocess(self, nb: Any, resources: Any) -> tuple[Any, Any]:
         import nbformat
 
+        from autograder.feedback import student_view
         from autograder.gradebook import part_comment, part_test_cell
 
         spec = self._spec(resources)
@@ -241,6 +243,7 @@ class SafeGrade(_CourseAware):
         result = grade_for_nbgrader(path, spec.name, student, self._course(), self.timeout,
                                     self.budget)
         resources[_RESULT_KEY] = result
+        view = student_view(result)
         by_test = {part_test_cell(p.grade_id): p for p in spec.parts}
         got = {p.grade_id: p for p in result.parts}
         for cell in nb.cells:
@@ -254,7 +257,8 @@ class SafeGrade(_CourseAware):
             part = by_test[gid]
             pr = got.get(part.grade_id)
             score = min(max(float(pr.score), 0.0), float(part.points)) if pr else 0.0
-            text = part_comment(pr) if pr else (
+            # what `nbgrader generate_feedback` may show the student: no hidden seed
+            text = part_comment(view.part(part.grade_id)) if pr else (
                 f"{part.grade_id}: 0 / {part.points:g} ({result.status}) —"
                 f" {result.reason or result.status}")
             cell.outputs = [

@@ -72,14 +72,15 @@ c.Execute.kernel_name = "python3"
 
 # -- generate_feedback: never show hidden tests -------------------------------------------------
 class HideTestTracebacks(NbGraderPreprocessor):
-    """Reduce every autograder test cell's outputs to one line per error, without code.
+    """Reduce every autograder test cell's outputs to the grader's text and error lines.
 
     nbgrader's feedback shows the test cells with their outputs; an IPython
     traceback quotes the failing source lines, so a failing *hidden* test would
     leak its code even after ``ClearHiddenTests`` removed it from the cell
-    (nbgrader issues #917, #1363).  Printed output of a test cell is dropped as
-    well (a hidden check could print its cases); the error name and message stay,
-    so students still learn which check failed and why.
+    (nbgrader issues #917, #1363).  On this course no test cell is executed
+    (``SafeGrade``): its outputs are the grader's per-check text for the part (hidden
+    seeds redacted), kept on stdout, and its score, dropped.  Anything else — stderr,
+    rich outputs, a traceback's code — is dropped or reduced to the error line.
     """
 
     def preprocess_cell(self, cell, resources, cell_index):  # type: ignore[no-untyped-def]
@@ -89,6 +90,8 @@ class HideTestTracebacks(NbGraderPreprocessor):
                 if out.get("output_type") == "error":
                     line = f"{out.get('ename', 'Error')}: {out.get('evalue', '')}".rstrip(": ")
                     out["traceback"] = [line + "  (test code hidden)"]
+                    kept.append(out)
+                elif out.get("output_type") == "stream" and out.get("name") == "stdout":
                     kept.append(out)
             cell["outputs"] = kept
         return cell, resources

@@ -1,5 +1,6 @@
-"""nbgrader's own pipeline on the course: autograde gives the source full marks, the stub 0;
-generated feedback shows no hidden test (nbgrader issues #917, #1363) with our config.
+"""nbgrader's own pipeline on the course: autograde (through the course's grader, see
+autograder/nbgrader_bridge.py) gives the source full marks, the stub 0; generated feedback
+shows no hidden test (nbgrader issues #917, #1363) with our config.
 
 The course's scores come from ``python -m autograder grade`` (test_pipeline.py); these tests
 keep the notebooks honest for instructors who also use formgrader and ``nbgrader autograde``:
@@ -94,7 +95,10 @@ def test_autograde_source_full_marks_stub_zero(autograded: Path) -> None:
     scores = _scores(autograded)
     for a in (A1, A2):
         assert scores[(a, "sol")] == (45.0, False)
-        assert scores[(a, "stub")] == (0.0, False)
+    assert scores[(A2, "stub")] == (0.0, False)
+    # a1's stub: what the course's grader gives it (its popf checks include cases whose guest
+    # never calls the stub); tests/course/test_nbgrader_path.py compares with `grade`
+    assert scores[(A1, "stub")][0] <= 2.0 and not scores[(A1, "stub")][1]
 
 
 def test_deleted_test_cells_are_put_back(autograded: Path) -> None:
@@ -104,7 +108,7 @@ def test_deleted_test_cells_are_put_back(autograded: Path) -> None:
 
 def test_hidden_tests_catch_hard_coded_answers(autograded: Path) -> None:
     score, manual = _scores(autograded)[(A2, "hardcoder")]
-    assert score == 35.0  # only the caps part's test cell fails, on its hidden workloads
+    assert 35.0 <= score < 45.0  # only the caps part loses points, on its hidden checks
     assert not manual
 
 
@@ -116,8 +120,10 @@ def test_generated_feedback_shows_no_hidden_test(autograded: Path) -> None:
     assert hidden
     leaked = [ln for ln in hidden if ln in page]
     assert not leaked, f"hidden test code in nbgrader's feedback: {leaked[:3]}"
-    assert "a hidden caps workload fails" in page  # the failing check's message is kept
-    assert "(test code hidden)" in page
+    assert "[FAIL] caps_hidden (hidden)" in page  # the failing check's line is kept
+    hidden_lines = [ln for ln in page.splitlines() if "(hidden)" in ln]
+    assert hidden_lines
+    assert not any(re.search(r"seeds?\s*[=:]\s*\(?\d", ln) for ln in hidden_lines)
     assert "BEGIN HIDDEN" not in page
     assert "Traceback (most recent call last)" not in page
     assert "Cell In[" not in page
