@@ -152,9 +152,9 @@ def _gen_2d_walk(rng: random.Random) -> tuple[str, dict[str, Any]]:
     m = rng.choice([0, 1, 2, 3, 4, 4])
     dim = ("no nested paging: the CPU walks the guest's own tables, which hold machine frames"
            if m == 0 else f"a {m}-level EPT (the P2M in hardware)")
-    return (f"A guest with {n}-level page tables runs with {dim}. A TLB miss, nothing cached "
-            "in any\npaging-structure cache: how many page-table entries does the hardware "
-            "read to translate one\nguest virtual address? (Do not count the access to the "
+    return (f"A guest with {n}-level page tables runs with {dim}.\nA TLB miss, nothing cached "
+            "in any paging-structure cache: how many page-table entries\ndoes the hardware "
+            "read to translate one guest virtual address? (Do not count the access\nto the "
             "data itself.)"), {"n": n, "m": m}
 
 

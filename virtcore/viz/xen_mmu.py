@@ -39,6 +39,8 @@ from virtcore.viz.kvm import TableView
 __all__ = [
     "MODES",
     "SPACES",
+    "WHY",
+    "Attempt",
     "MMULab",
     "Story",
     "StoryStep",
@@ -111,7 +113,7 @@ class MMULab:
         from virtcore.xen.shadow import ShadowPaging
 
         rng = make_rng(seed)
-        self.seed = seed
+        self.seed, self.pages, self.nmapped = seed, pages, nmapped
         self.config = PagingConfig.tiny4()
         cfg = self.config
         order = list(range(pages))
@@ -145,6 +147,34 @@ class MMULab:
             self.hap.map(1, 0, va, pfn)
             self.shadow.map(1, 0, va, pfn)
         self.pv.build({va: (pfn, True) for va, pfn in zip(self.vas, self.pfns)})
+
+    @property
+    def spare_pfn(self) -> int:
+        """A pseudo-physical frame of the PV guest that is neither mapped nor a page table."""
+        used = set(self.pfns) | set(self.pv.table_pfns)
+        return next(p for p in sorted(self.pv.mem.p2m) if p not in used)
+
+    @property
+    def free_va(self) -> int:
+        """An unmapped guest virtual page whose L1 table exists (next to ``vas[0]``)."""
+        shift = self.config.shift(1)
+        for k in range(1, self.config.entries_per_table):
+            va = self.vas[0] ^ (k << shift)
+            if va not in self.vas and self.pv.entry_maddr(va, 1) is not None:
+                return va
+        raise LookupError("no free slot in vas[0]'s L1 table")
+
+    @property
+    def free_l2_va(self) -> int:
+        """A guest virtual address whose L2 entry is empty while its L3 table exists."""
+        shift = self.config.shift(2)
+        words = self.xen.machine.physical.words
+        for k in range(1, self.config.entries_per_table):
+            va = self.vas[0] ^ (k << shift)
+            ptr = self.pv.entry_maddr(va, 2)
+            if ptr is not None and not words[ptr >> 2]:
+                return va
+        raise LookupError("no empty entry in vas[0]'s L2 table")
 
     def __repr__(self) -> str:
         return (f"MMULab(seed={self.seed}: {len(self.vas)} pages mapped the same way under PV"
@@ -212,16 +242,13 @@ class Attempt:
     why: str
 
 
-#: What each error means for a page-table update [XEN-MM-C; XEN-H].
+#: What each return code of a page-table hypercall means [XEN-MM-C; XEN-H; XEN-ERRNO].
 WHY = {
     0: "validated and applied",
-    -16: "EBUSY: get_page_from_l1e() could not take the reference — the frame is not the "
-         "caller's (nor granted), or a writable mapping of a frame that cannot become "
-         "PGT_writable_page (a page table)",
-    -22: "EINVAL: bad flags, or the frame cannot take the needed type (a writable page as a "
-         "page table, a table pinned twice)",
-    -1: "EPERM: not allowed (a foreign domain without privilege, or not RAM)",
-    -3: "ESRCH: no such domain",
+    -1: "not permitted (a foreign domain without privilege)",
+    -3: "no such domain",
+    -16: "could not take a reference: not the caller's frame, or it cannot be typed writable",
+    -22: "invalid: bad flags, or the frame cannot take the type asked for",
 }
 
 
@@ -240,11 +267,12 @@ class UpdateLog:
     def __init__(self) -> None:
         self.attempts: list[Attempt] = []
 
-    def attempt(self, label: str, result: Any) -> Attempt:
-        """Record ``result`` (a :class:`~virtcore.xen.mmu.HypercallResult` or an rc)."""
+    def attempt(self, label: str, result: Any, why: str = "") -> Attempt:
+        """Record ``result`` (a :class:`~virtcore.xen.mmu.HypercallResult` or an rc) and why
+        Xen answered so (default: the meaning of the return code, :data:`WHY`)."""
         rc = int(getattr(result, "rc", result))
         done = getattr(result, "done", None)
-        a = Attempt(label, rc, done, WHY.get(rc, ""))
+        a = Attempt(label, rc, done, why or WHY.get(rc, ""))
         self.attempts.append(a)
         return a
 
@@ -253,9 +281,8 @@ class UpdateLog:
         from virtcore.xen.mmu import errno_name
 
         rows = [(a.label, str(a.rc), errno_name(a.rc) if a.rc else "ok",
-                 "-" if a.done is None else str(a.done), a.why.split(":")[0] if a.rc else
-                 a.why) for a in self.attempts]
-        return TableView.build(("guest tries", "rc", "name", "done", "meaning"), rows)
+                 "-" if a.done is None else str(a.done), a.why) for a in self.attempts]
+        return TableView.build(("guest tries", "rc", "name", "done", "why"), rows)
 
 
 # ---------------------------------------------------------------------------
@@ -368,7 +395,7 @@ def translation_story(lab: MMULab, mode: str, va: int) -> Story:
         from virtcore.viz import ViewError
 
         raise ViewError(f"mode {mode!r} is not one of {MODES}")
-    fresh = MMULab(lab.seed, pages=len(lab.pv.mem.p2m), nmapped=len(lab.vas))
+    fresh = MMULab(lab.seed, pages=lab.pages, nmapped=lab.nmapped)
     sh = fresh.shadow
     g = sh.guests[1]
     cfg = g.config
