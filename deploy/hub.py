@@ -277,8 +277,9 @@ class Deployment:
 
     def _mkdir(self, path: Path, mode: int, owner: str = "root") -> None:
         if not path.exists():
+            missing = [path, *(a for a in path.parents if not a.exists())]
             path.mkdir(parents=True)
-            self.state["dirs"].append(str(path))
+            self.state["dirs"].extend(str(d) for d in missing)  # ancestors too: down removes them
             self._save()
         os.chmod(path, mode)
         pw = pwd.getpwnam(owner)
