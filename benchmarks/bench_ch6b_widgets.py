@@ -30,7 +30,7 @@ NOTEBOOK_TARGET_S = 30.0
 CALLS = 20
 
 
-def _steps() -> tuple[Callable[[], None], Callable[[], None]]:
+def _steps() -> tuple[Callable[[], object], Callable[[], object]]:
     from virtcore.viz import xen_mmu as xm
 
     w = xm.translation_explorer(workload_events=300)
@@ -40,10 +40,10 @@ def _steps() -> tuple[Callable[[], None], Callable[[], None]]:
     story = w.story
     idx = itertools.cycle(range(n))
     return (lambda: w.buttons[next(clicks)].click()), \
-        (lambda: xm.render_story_step(story, next(idx)) and None)
+        (lambda: xm.render_story_step(story, next(idx)))
 
 
-def _changes() -> tuple[Callable[[], None], Callable[[], None], int]:
+def _changes() -> tuple[Callable[[], object], Callable[[], object], int]:
     from virtcore.viz import xen_mmu as xm
 
     w = xm.translation_explorer(workload_events=300)
