@@ -36,7 +36,6 @@ import json
 import multiprocessing
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -609,13 +608,22 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
 
 def _copy_for_formgrader(course: Path, spec: Any, student: str) -> None:
-    """Put the submitted notebook in ``autograded/`` too, so formgrader can show it."""
+    """Put a *sanitised* copy of the submitted notebook in ``autograded/`` for formgrader.
+
+    formgrader renders it in the instructor's browser: no script, HTML, SVG or widget output
+    may reach it (:func:`autograder.sanitize.sanitize_notebook_file`; never through a symlink).
+    """
+    from autograder.sanitize import sanitize_notebook_file
+
     src_dir = course / "submitted" / student / spec.name
     dst_dir = course / "autograded" / student / spec.name
     dst_dir.mkdir(parents=True, exist_ok=True)
-    for name in (spec.notebook, "timestamp.txt"):
-        if (src_dir / name).is_file():
-            shutil.copyfile(src_dir / name, dst_dir / name)
+    src = src_dir / spec.notebook
+    if src.is_file() and not src.is_symlink():
+        sanitize_notebook_file(src, dst_dir / spec.notebook)
+    stamp = src_dir / "timestamp.txt"
+    if stamp.is_file() and not stamp.is_symlink() and stamp.stat().st_size < 4096:
+        _atomic_write(dst_dir / "timestamp.txt", stamp.read_text(errors="replace"))
 
 
 def _print_summary(spec: Any, outcome: dict[str, Any], errors: dict[str, str],
