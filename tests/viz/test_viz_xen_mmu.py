@@ -241,6 +241,19 @@ def test_spaces_answer_is_the_p2m_entry_times_the_page_plus_the_offset(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_which_space_answers_follow_who_writes_what(seed):
+    expected = {"pv-l1": "machine", "pv-table": "machine", "hvm-l1": "pseudo-physical",
+                "hvm-table": "pseudo-physical", "ept-entry": "machine",
+                "ept-input": "pseudo-physical", "shadow-l1": "machine",
+                "program": "guest virtual"}
+    d = ask("xenmmu.which-space", seed=seed).data
+    assert solution("xenmmu.which-space", seed=seed) == [expected[k] for k in d["keys"]]
+    assert check_answer("xenmmu.which-space",
+                        ["gva" if expected[k] == "guest virtual" else expected[k]
+                         for k in d["keys"]], seed=seed).status == "correct"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_update_answers_follow_xens_rules(seed):
     expected = {"data-ro": 0, "data-rw": 0, "l1-ro": 0, "l1-rw": -16, "foreign": -16,
                 "pcd": -22, "rw-as-table": -22, "pin-again": -22}

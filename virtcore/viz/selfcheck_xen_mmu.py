@@ -11,6 +11,7 @@ Nothing is hard-coded. An answer left as ``...`` is "not answered yet".
 question                what it asks                                            section
 ======================  ======================================================  ==========
 ``xenmmu.spaces``       the machine address a guest virtual address reaches     1 (S6.5)
+``xenmmu.which-space``  which space an address or frame number is in           3 (S6.5)
 ``xenmmu.update``       which page-table updates Xen validates, which it        2 (S6.5)
                         rejects and with which error
 ``xenmmu.2d-walk``      page-table references of one TLB miss, n × m levels     4 (S6.5)
@@ -30,6 +31,7 @@ never right for seeds 0–99.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -37,7 +39,7 @@ from typing import Any
 from virtcore.viz.selfcheck import REGISTRY, SelfCheck, as_int, as_int_pair, register
 from virtcore.viz.selfcheck_xen import as_result_list
 
-__all__ = ["CHECKS", "PLACEHOLDERS"]
+__all__ = ["CHECKS", "PLACEHOLDERS", "as_space_list"]
 
 _PAGE = 4096
 
@@ -79,6 +81,78 @@ def _solve_spaces(data: Mapping[str, Any]) -> int:
     t = g.translate(va)
     assert t.maddr is not None
     return int(t.maddr)
+
+
+# ---------------------------------------------------------------------------
+# xenmmu.which-space — what each number is (conceptual)
+
+_SPACE_ITEMS = {
+    "pv-l1": "the frame number in a PV guest's L1 page-table entry",
+    "pv-table": "the address at which the CPU reads a PV guest's page-table entry",
+    "hvm-l1": "the frame number in an HVM guest's own L1 entry (nested paging)",
+    "hvm-table": "the address of an HVM guest's page table, as the guest kernel knows it",
+    "ept-entry": "the frame number in an EPT entry",
+    "ept-input": "the address an EPT walk translates",
+    "shadow-l1": "the frame number in a shadow L1 entry",
+    "program": "the address a program in the guest loads from",
+}
+
+
+def as_space_list(answer: object) -> tuple[str, ...]:
+    """Address spaces in order: ``'virtual'``, ``'pseudo-physical'`` or ``'machine'``; also
+    ``'gva'``, ``'pfn'``/``'gpa'``/``'guest physical'``, ``'mfn'``/``'maddr'``.
+
+    >>> as_space_list(["gva", "Guest physical", "MFN"])
+    ('guest virtual', 'pseudo-physical', 'machine')
+    """
+    from virtcore.viz.selfcheck import AnswerFormatError
+
+    names = {"virtual": "guest virtual", "guest virtual": "guest virtual",
+             "gva": "guest virtual", "pseudo-physical": "pseudo-physical",
+             "pseudo physical": "pseudo-physical", "guest physical": "pseudo-physical",
+             "guest-physical": "pseudo-physical", "pfn": "pseudo-physical",
+             "gpa": "pseudo-physical", "gfn": "pseudo-physical", "machine": "machine",
+             "mfn": "machine", "maddr": "machine"}
+    if isinstance(answer, (list, tuple)):
+        out = []
+        for x in answer:
+            key = x.strip().lower() if isinstance(x, str) else None
+            if key not in names:
+                raise AnswerFormatError(f"expected 'virtual', 'pseudo-physical' or 'machine', "
+                                        f"got {x!r}")
+            out.append(names[key])
+        return tuple(out)
+    raise AnswerFormatError(f"expected a list like ['virtual', 'machine'], got {answer!r}")
+
+
+def _gen_which_space(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    keys = rng.sample(sorted(_SPACE_ITEMS), 4)
+    lines = "\n".join(f"    {i}. {_SPACE_ITEMS[k]}" for i, k in enumerate(keys, start=1))
+    return ("Which address space — 'virtual' (guest virtual), 'pseudo-physical' or 'machine' — "
+            "is each of\nthese in (an address, or the frame number's page)?\n\n" + lines
+            + "\n\nAnswer with a list of four names."), {"keys": keys}
+
+
+@functools.cache
+def _spaces_seen() -> dict[str, str]:
+    """The space of each item, read off one translation in each mode of :class:`MMULab`."""
+    from virtcore.viz.xen_mmu import MODES, MMULab, translation_story
+
+    lab = MMULab(0)
+    pv, nested, shadow = (translation_story(lab, m, lab.vas[0]) for m in MODES)
+    pv_l1 = next(s for s in pv.steps if s.table.startswith("guest L1"))
+    hvm_l1 = next(s for s in nested.steps if s.table.startswith("guest L1"))
+    ept = next(s for s in nested.steps if s.table.startswith("EPT"))
+    sh_l1 = next(s for s in shadow.steps if s.phase == "retry" and s.table == "shadow L1")
+    return {"pv-l1": pv_l1.points_to, "pv-table": pv_l1.table_space,
+            "hvm-l1": hvm_l1.points_to, "hvm-table": hvm_l1.table_space,
+            "ept-entry": ept.points_to, "ept-input": ept.translating,
+            "shadow-l1": sh_l1.points_to, "program": pv.steps[0].translating}
+
+
+def _solve_which_space(data: Mapping[str, Any]) -> list[str]:
+    seen = _spaces_seen()
+    return [seen[k] for k in data["keys"]]
 
 
 # ---------------------------------------------------------------------------
@@ -286,6 +360,7 @@ def _solve_tlb_tag(data: Mapping[str, Any]) -> tuple[int, int]:
 #: The example answer shown in each answer cell (never right for seeds 0–99).
 PLACEHOLDERS: dict[str, object] = {
     "xenmmu.spaces": 0x1234,
+    "xenmmu.which-space": ["virtual", "virtual"],
     "xenmmu.update": ["ok", "EPERM"],
     "xenmmu.2d-walk": 25,
     "xenmmu.exits": (0, 0),
@@ -299,6 +374,13 @@ CHECKS: tuple[SelfCheck, ...] = (
                    "the mfn the kernel wrote (the P2M's entry for the pfn); the offset within "
                    "the page is kept: maddr = mfn × 4096 + offset. spaces_table(guest) shows "
                    "every mapping.",
+              covers=("S6.5",)),
+    SelfCheck("xenmmu.which-space", 6, _gen_which_space, _solve_which_space, as_space_list,
+              hint="a PV guest's tables hold machine frames and live in machine memory; an "
+                   "HVM guest's tables hold gfns (pseudo-physical) and are addressed "
+                   "pseudo-physically; EPT and shadow entries hold machine frames; the EPT "
+                   "translates guest-physical addresses. translation_story(lab, mode, va) "
+                   "shows each step's spaces.",
               covers=("S6.5",)),
     SelfCheck("xenmmu.update", 6, _gen_update, _solve_update, as_result_list,
               hint="get_page_from_l1e refuses a frame the guest does not own (EBUSY) and a "
