@@ -30,7 +30,7 @@ Adding an assignment = adding one module here that defines (the *assignment prot
 Nothing else changes: :data:`REGISTRY` lists every module of this package that has a ``SPEC``.
 
 >>> sorted(REGISTRY)
-['a1_trap_and_emulate', 'a2_credit_scheduler', 'a3_userspace_vmm']
+['a1_trap_and_emulate', 'a2_credit_scheduler', 'a3_userspace_vmm', 'a4_virtual_mmu']
 >>> get("a2_credit_scheduler").notebook
 'credit_scheduler.ipynb'
 """
