@@ -321,6 +321,9 @@ class StoryStep:
     reference: bool = False
     index: int = -1
     entry: int = 0
+    address: int = -1
+    table_addr: int = -1
+    maddr: int = -1
 
 
 @dataclass(frozen=True)
@@ -349,14 +352,15 @@ class Story:
 
 
 def _ref_step(ref: Any, phase: str) -> StoryStep:
+    where = (ref.translating, ref.table_addr, ref.maddr)
     if ref.table.startswith("EPT"):
         return StoryStep(phase, str(ref), ref.table, "pseudo-physical", "machine", "machine",
-                         True, ref.index, ref.entry)
+                         True, ref.index, ref.entry, *where)
     if ref.frame_kind == "gfn":
         return StoryStep(phase, str(ref), ref.table, "guest virtual", "pseudo-physical",
-                         "pseudo-physical", True, ref.index, ref.entry)
+                         "pseudo-physical", True, ref.index, ref.entry, *where)
     return StoryStep(phase, str(ref), ref.table, "guest virtual", "machine", "machine", True,
-                     ref.index, ref.entry)
+                     ref.index, ref.entry, *where)
 
 
 def _result_step(t: Any) -> StoryStep:
@@ -434,25 +438,27 @@ def render_story_step(story: Story, i: int) -> str:
     for space in SPACES:
         role = []
         if space == s.translating:
-            role.append("translating")
+            role.append(f"translating {s.address:#x}" if s.address >= 0 else "translating")
         if space == s.table_space:
-            role.append("table lives here")
+            role.append(f"table at {s.table_addr:#x}")
         if space == s.points_to:
             role.append("entry points here")
         on = bool(role)
         style = ("background:#1565c0;color:white;font-weight:bold" if on
                  else "background:#eceff1;color:#37474f")
+        if cells:
+            cells.append('<td style="padding:0 4px">→</td>')
         cells.append(f'<td style="{style};padding:6px 12px;text-align:center;'
                      f'border:1px solid white">{esc(space)}<br>{_SPACE_ZH[space]}<br>'
-                     f'<small>{esc(", ".join(role)) or "&nbsp;"}</small></td>')
+                     f'<small>{"<br>".join(esc(r) for r in role) or "&nbsp;"}</small></td>')
     refs_so_far = sum(x.reference for x in story.steps[: i + 1])
-    detail = (f"<b>{esc(s.table)}</b> · index {s.index:#x} [{s.index}] · entry "
-              f"{s.entry:#010x}" if s.reference else "")
+    detail = (f" · <b>{esc(s.table)}</b> · index {s.index:#x} [{s.index}] · read at machine "
+              f"{s.maddr:#x} [{s.maddr}] · entry {s.entry:#010x}" if s.reference else "")
     trace = "\n".join(x.text for x in story.steps[: i + 1])
     return (f"<div><b>{esc(story.mode)}</b> · gva {story.va:#x} [{story.va}]</div>"
             f"<table style='border-collapse:collapse'><tr>{''.join(cells)}</tr></table>"
             f"<p style='margin:4px 0'><b>step {i + 1}/{len(story.steps)}</b> · "
-            f"{esc(s.phase)} · {detail} · references so far <b>{refs_so_far}</b> of "
+            f"{esc(s.phase)}{detail} · references so far <b>{refs_so_far}</b> of "
             f"{story.references}</p>{_PRE}{esc(trace)}</pre>")
 
 
