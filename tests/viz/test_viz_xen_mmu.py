@@ -149,7 +149,9 @@ def test_render_highlights_the_spaces_of_the_step(lab):
     s = xm.translation_story(lab, NESTED, lab.vas[0])
     html = xm.render_story_step(s, 0)  # the first step is an EPT read for the guest's root
     assert "step 1/25" in html and "EPT L4" in html
-    assert html.count("translating") == 1 and "table lives here" in html
+    first = s.steps[0]
+    assert html.count("translating") == 1 and f"translating {first.address:#x}" in html
+    assert f"table at {first.table_addr:#x}" in html and f"machine {first.maddr:#x}" in html
     last = xm.render_story_step(s, len(s.steps) - 1)
     assert f"maddr {s.maddr:#x}" in last and "references so far <b>24</b>" in last
 

@@ -434,7 +434,7 @@ def render_story_step(story: Story, i: int) -> str:
     """HTML for step ``i`` (0-based) of ``story``: the three spaces (the ones this step touches
     highlighted), the step's table, index and entry, and the trace so far."""
     s = story.steps[i]
-    cells = []
+    cells: list[str] = []
     for space in SPACES:
         role = []
         if space == s.translating:
