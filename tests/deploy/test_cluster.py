@@ -141,15 +141,26 @@ def test_a_foreign_or_missing_certificate_is_refused(tls_cluster: tuple[str, TLS
 
 
 def test_unreachable_scheduler_is_a_cluster_error(tmp_path: Path) -> None:
+    """In a fresh interpreter, as ``grade`` meets it (this process has run clients already)."""
     import socket
+    import subprocess
+    import sys
 
     files = write_certificates(tmp_path, days=1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(ClusterError, match="cannot reach"), open_executor(
-            f"tls://127.0.0.1:{port}", tls_dir=files.directory, timeout=2):
-        pass
+    code = ("from autograder.cluster import ClusterError, open_executor\n"
+            "try:\n"
+            f"    with open_executor('tls://127.0.0.1:{port}', tls_dir={str(files.directory)!r},"
+            " timeout=2):\n"
+            "        print('CONNECTED')\n"
+            "except ClusterError as e:\n"
+            "    print('CLUSTER-ERROR', e)\n")
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert f"CLUSTER-ERROR cannot reach the scheduler tls://127.0.0.1:{port}" in proc.stdout, (
+        proc.stdout + proc.stderr)
 
 
 def test_local_cluster_runs_tasks_in_worker_processes() -> None:
