@@ -672,6 +672,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     with contextlib.suppress(CLIError):
         secret = load_secret(course).decode(errors="replace")
     report = feedback.write_all(course, spec, hidden, secret)
+    for student in sorted(report.notes):
+        print(f"  {student:<24} NOTE: {report.notes[student]}")
     for student in sorted(report.errors):
         print(f"  {student:<24} ERROR: {report.errors[student]}")
     print(f"feedback: wrote {len(report.written)} page(s) to {course / 'feedback'}/<student>/"

@@ -11,8 +11,10 @@ grader's message (for a failure the first divergence).  What reaches the student
 - **no hidden test code, no hidden seed, no course secret**: a hidden check's message has
   its case seeds replaced by ``seed=hidden`` (:func:`redact_hidden_seeds`), and the page's
   text is checked against the source notebook's hidden-test lines and the secret before it
-  is written; a page that would show either is **not written for that student** (an error
-  line names the student; the others still get theirs);
+  is written; a message that would show either (a student's exception text can quote
+  anything) is replaced by :data:`WITHHELD` and the instructor gets a note; a page that
+  still would is **not written for that student** (an error line; the others still get
+  theirs);
 - **one student never stops the others**: each page is written in its own ``try``; an
   unreadable result, a page that fails the check or an I/O error is one error line, and the
   command exits 1 after writing every other page.
@@ -34,11 +36,12 @@ import re
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "WITHHELD",
     "FeedbackReport",
     "feedback_html",
     "feedback_text",
@@ -143,10 +146,12 @@ Hidden checks run cases generated for you alone; re-grading gives the same cases
 
 @dataclass
 class FeedbackReport:
-    """What :func:`write_all` did: pages written, and one error line per failed student."""
+    """What :func:`write_all` did: pages written, one error line per failed student, and
+    notes (a message withheld)."""
 
     written: list[str]
     errors: dict[str, str]
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 class _LeakError(Exception):
@@ -196,16 +201,43 @@ def _write(path: Path, data: str | bytes) -> None:
         raise
 
 
-def _one(course: Path, spec: Any, student: str, result: Any, hidden: Iterable[str],
-         secret: str | None) -> None:
-    text = feedback_text(result)
-    page = feedback_html(spec, result, text)
-    shown = page_text(page)
-    leaked = [ln for ln in hidden if ln in shown]
+WITHHELD = "(message withheld: it would quote test code; ask your instructor)"
+
+
+def _leaks(text: str, hidden: list[str], secret: str | None) -> list[str]:
+    found = [ln for ln in hidden if ln in text]
+    if secret and secret in text:
+        found.append("the course secret")
+    return found
+
+
+def _withhold(result: Any, hidden: list[str], secret: str | None) -> Any:
+    """:func:`student_view` with every message that quotes a hidden line or the secret
+    replaced by :data:`WITHHELD` (a student's exception text can quote anything)."""
+    view = student_view(result)
+    if _leaks(view.reason or "", hidden, secret):
+        view.reason = WITHHELD
+    for p in view.parts:
+        if _leaks(p.reason or "", hidden, secret):
+            p.reason = WITHHELD
+        for c in p.checks:
+            if _leaks(c.message or "", hidden, secret):
+                c.message = WITHHELD
+    return view
+
+
+def _one(course: Path, spec: Any, student: str, result: Any, hidden: list[str],
+         secret: str | None) -> str:
+    note = ""
+    page = feedback_html(spec, result, feedback_text(result))
+    if _leaks(page_text(page), hidden, secret):
+        result = _withhold(result, hidden, secret)
+        page = feedback_html(spec, result, feedback_text(result))
+        note = "a message quoted hidden test code or the secret: withheld on the page"
+    leaked = _leaks(page_text(page), hidden, secret)
     if leaked:
-        raise _LeakError(f"the page would show {len(leaked)} hidden test line(s); not written")
-    if secret and secret in shown:
-        raise _LeakError("the page would show the course secret; not written")
+        raise _LeakError(f"the page would show {len(leaked)} hidden test line(s) or the"
+                         " secret; not written")
     out = course / "feedback" / student / spec.name
     _write(out / "feedback.html", page)
     sub = course / "submitted" / student / spec.name
@@ -218,6 +250,7 @@ def _one(course: Path, spec: Any, student: str, result: Any, hidden: Iterable[st
         stamp = _read_small(sub / "timestamp.txt")
         if stamp is not None:
             _write(out / "timestamp.txt", stamp)
+    return note
 
 
 def write_all(course: Path, spec: Any, hidden: Iterable[str], secret: str | None) -> \
@@ -234,11 +267,13 @@ def write_all(course: Path, spec: Any, hidden: Iterable[str], secret: str | None
             report.errors[student] = error
             continue
         try:
-            _one(course, spec, student, result, hidden, secret)
+            note = _one(course, spec, student, result, hidden, secret)
         except _LeakError as e:
             report.errors[student] = str(e)
         except Exception as e:  # one student's page never stops the others
             report.errors[student] = f"not written: {type(e).__name__}: {str(e)[:200]}"
         else:
             report.written.append(student)
+            if note:
+                report.notes[student] = note
     return report

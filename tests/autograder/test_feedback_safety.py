@@ -69,16 +69,19 @@ def test_one_crafted_result_never_stops_feedback(course: Path, monkeypatch: pyte
     _put(course, "cgarbage", "{not json")
     _put(course, "dsecret", _result("dsecret", message=f"leak {SECRET}"))
     _put(course, "zed", _result("zed"))
-    assert cli.main(["feedback", A1, "--course", str(course)]) == 1
+    assert cli.main(["feedback", A1, "--course", str(course)]) == 1  # cgarbage's error
     out = capsys.readouterr().out
     fb = course / "feedback"
-    for s in ("alice", "zed"):
+    for s in ("alice", "bmallory", "dsecret", "zed"):
         assert (fb / s / A1 / "feedback.html").is_file(), out
-    for s in ("bmallory", "cgarbage", "dsecret"):
-        assert not (fb / s / A1 / "feedback.html").exists()
-        assert f"{s}" in out and "ERROR" in out
-    assert "hidden test line" in out and "course secret" in out and "unreadable" in out
-    assert "wrote 2 page(s)" in out and "3 error(s)" in out
+    assert not (fb / "cgarbage" / A1 / "feedback.html").exists()
+    assert "cgarbage" in out and "ERROR" in out and "unreadable" in out
+    for s in ("bmallory", "dsecret"):  # their page: the scores, the quoting message withheld
+        assert f"{s}" in out and "NOTE" in out
+        page = feedback.page_text((fb / s / A1 / "feedback.html").read_text())
+        assert feedback.WITHHELD in page and "Score: 0 / 45" in page
+        assert hidden[-1] not in page and SECRET not in page
+    assert "wrote 4 page(s)" in out and "1 error(s)" in out
 
 
 def test_feedback_page_escapes_the_student_and_hides_hidden_seeds(course: Path) -> None:
