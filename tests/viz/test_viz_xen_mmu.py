@@ -72,6 +72,20 @@ def test_spaces_table_is_the_translations(lab):
         assert row[1].startswith(f"{tr.pfn:#x} ") and row[2].startswith(f"{tr.mfn:#x} ")
 
 
+def test_three_spaces_graph_is_the_page_tables_and_the_p2m(lab):
+    g = xm.three_spaces_graph(lab.pv)
+    for va, pfn in zip(lab.vas, lab.pfns):
+        mfn = lab.pv.mem.p2m[pfn]
+        assert g.edges[("gva", va), ("pfn", pfn)]["kind"] == "guest's view"
+        assert g.edges[("pfn", pfn), ("mfn", mfn)]["kind"] == "P2M"
+        assert g.edges[("gva", va), ("mfn", mfn)]["kind"] == "page table"
+    assert g.number_of_edges() == 3 * len(lab.vas)
+    ax = xm.draw_three_spaces(lab.pv)
+    labels = [t.get_text() for t in ax.texts if t.get_text()]  # arrows are empty annotations
+    assert len(labels) == 3 * len(lab.vas) + 3  # a box per node, a title per column
+    assert {f"mfn {lab.pv.mem.p2m[p]:#x}" for p in lab.pfns} <= set(labels)
+
+
 def test_free_slots_are_free_and_have_tables(lab):
     assert lab.pv.translate(lab.free_va).fault is not None
     assert lab.pv.entry_maddr(lab.free_va, 1) is not None

@@ -9,6 +9,8 @@ run the same code.
 - :class:`MMULab` — one small host, built from a seed, with the *same* guest mappings three
   ways: a PV guest (direct paging), an HVM guest under nested paging (EPT/NPT) and one under
   shadow paging.  Its P2M is shuffled so that pseudo-physical and machine frame numbers differ.
+- :func:`three_spaces_graph` / :func:`draw_three_spaces` — the mappings as a networkx graph
+  over the three spaces, built from the running model;
 - tables: :func:`spaces_table` (gva → pfn → mfn of every mapping), :func:`p2m_m2p_table`,
   :class:`UpdateLog` (hypercalls tried, Xen's answers), :func:`two_d_walk_table` (walks
   *measured* for n guest × m nested levels beside ``(n+1)(m+1)−1``), :func:`comparison_table`,
@@ -20,7 +22,7 @@ run the same code.
   vs nested paging on one workload;
 - :func:`draw_paging_comparison` — the simulated time of both modes, by kind of event.
 
-matplotlib and ipywidgets are imported inside the functions that need them.
+matplotlib, networkx and ipywidgets are imported inside the functions that need them.
 
 >>> lab = MMULab(seed=0)
 >>> [translation_story(lab, m, lab.vas[0]).references for m in MODES]
@@ -48,11 +50,13 @@ __all__ = [
     "comparison_table",
     "cost_table",
     "draw_paging_comparison",
+    "draw_three_spaces",
     "measured_2d_walk",
     "p2m_m2p_table",
     "render_story_step",
     "spaces_table",
     "tagging_table",
+    "three_spaces_graph",
     "translation_explorer",
     "translation_story",
     "two_d_walk_table",
@@ -208,6 +212,75 @@ def spaces_table(guest: Any) -> TableView:
                             "machine address", "access"), rows,
                            footer=f"d{guest.domid}: {len(rows)} pages mapped; numbers in hex "
                                   "[decimal]")
+
+
+def three_spaces_graph(guest: Any) -> Any:
+    """The PV guest's mappings as a graph over the three spaces (networkx ``DiGraph``).
+
+    Nodes ``("gva", page)``, ``("pfn", n)``, ``("mfn", n)`` with attribute ``space``; an edge
+    gva → pfn for each mapping (what the guest kernel meant), pfn → mfn from the P2M, and
+    gva → mfn (``kind="page table"``: what the guest's table really holds, which the CPU
+    follows).  Built from the running model: the tables walked, the P2M and M2P read.
+
+    >>> lab = MMULab(seed=0)
+    >>> g = three_spaces_graph(lab.pv)
+    >>> sorted({d["space"] for _n, d in g.nodes(data=True)})
+    ['guest virtual', 'machine', 'pseudo-physical']
+    >>> all(g.has_edge(("pfn", p), ("mfn", lab.pv.mem.p2m[p])) for p in lab.pfns)
+    True
+    """
+    nx = require("networkx")
+    m2p = guest.xen.machine.m2p
+    g = nx.DiGraph()
+    for va, mfn, writable in guest.leaf_mappings():
+        pfn = m2p[mfn]
+        g.add_node(("gva", va), space="guest virtual", label=f"{va:#x}")
+        g.add_node(("pfn", pfn), space="pseudo-physical", label=f"pfn {pfn:#x}")
+        g.add_node(("mfn", mfn), space="machine", label=f"mfn {mfn:#x}")
+        g.add_edge(("gva", va), ("pfn", pfn), kind="guest's view")
+        g.add_edge(("pfn", pfn), ("mfn", mfn), kind="P2M")
+        g.add_edge(("gva", va), ("mfn", mfn), kind="page table", writable=writable)
+    return g
+
+
+def draw_three_spaces(guest: Any, ax: Any = None) -> Any:
+    """Three columns — guest virtual, pseudo-physical, machine — and the mappings between them.
+
+    Solid arrows: the guest's view (gva → pfn) and the P2M (pfn → mfn); dashed: the page-table
+    entry the CPU follows (gva → mfn directly, for a PV guest).
+    """
+    g = three_spaces_graph(guest)
+    if ax is None:
+        plt = require("matplotlib.pyplot")
+        _fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    cols = {"guest virtual": 0.0, "pseudo-physical": 1.0, "machine": 2.0}
+    colour = {"guest virtual": "#2e7d32", "pseudo-physical": "#1565c0", "machine": "#c62828"}
+    pos: dict[Any, tuple[float, float]] = {}
+    for space, x in cols.items():
+        nodes = sorted((n for n, d in g.nodes(data=True) if d["space"] == space),
+                       key=lambda n: n[1])
+        for i, n in enumerate(nodes):
+            pos[n] = (x, -float(i))
+            ax.text(x, -i, g.nodes[n]["label"], ha="center", va="center", fontsize=9,
+                    zorder=3, bbox={"boxstyle": "round", "fc": "white", "ec": colour[space]})
+        ax.text(x, 1.0, space, ha="center", va="bottom",
+                fontsize=10, color=colour[space], fontweight="bold")
+    for u, v, kind in g.edges(data="kind"):
+        (x0, y0), (x1, y1) = pos[u], pos[v]
+        if kind == "page table":
+            ax.annotate("", xy=(x1 - 0.24, y1), xytext=(x0 + 0.24, y0), zorder=1,
+                        arrowprops={"arrowstyle": "->", "color": "#b0bec5", "ls": "--",
+                                    "connectionstyle": "arc3,rad=-0.3"})
+        else:
+            ax.annotate("", xy=(x1 - 0.24, y1), xytext=(x0 + 0.24, y0), zorder=2,
+                        arrowprops={"arrowstyle": "->", "color": "#37474f"})
+    n = max(len([p for p in pos if p[0] == k]) for k in ("gva", "pfn", "mfn"))
+    ax.set_xlim(-0.5, 2.5)
+    ax.set_ylim(-n - 0.2, 1.9)
+    ax.axis("off")
+    ax.set_title(f"d{guest.domid}: solid = guest's view and P2M, dashed = the PV page-table "
+                 "entry (holds the mfn)", fontsize=9)
+    return ax
 
 
 def p2m_m2p_table(mem: Any, *, limit: int = 12) -> TableView:
