@@ -64,15 +64,20 @@ __all__ = [
     "graph_svg",
     "io_explorer",
     "io_view",
+    "kvm_path_edges",
     "kvm_stack",
     "kvm_trace",
     "path_bars_svg",
+    "path_graph",
     "plot_schedulers",
     "qemu_reads_guest",
     "schedulers",
     "sharing_costs",
+    "trace_html",
+    "where_html",
     "where_table",
     "xen_block_run",
+    "xen_path_edges",
     "xen_stack",
     "xen_trace",
 ]
@@ -452,19 +457,34 @@ def kvm_stack(host: Host | None = None, vmm: QemuVMM | None = None) -> Any:
         vmm = _kvm_vmm("virtio", 2, 2, 4096)
     q = qemu_kvm_graph(vmm)
     g = nx.DiGraph(name="KVM host")
-    g.add_node("CPU (VT-x / AMD-V)", layer="hardware", kind="cpu")
-    g.add_node("RAM", layer="hardware", kind="memory")
     g.add_node("Linux scheduler", layer="kernel", kind="scheduler",
                text=type(host.make_scheduler()).__name__)
     g.add_node("Linux mm", layer="kernel", kind="memory manager")
-    g.add_node("kvm.ko", layer="kernel", kind="module", text="kvm.ko + kvm-intel / kvm-amd")
-    g.add_node("/dev/kvm", layer="kernel", kind="device file")
-    g.add_edge("/dev/kvm", "kvm.ko", label="ioctl", count=0)
-    g.add_edge("kvm.ko", "CPU (VT-x / AMD-V)", label="VM entry",
-               count=q.edges["KVM", "CPU (VT-x / AMD-V)"]["count"])
     g.add_edge("Linux mm", "RAM", label="pages", count=0)
+    vms = [p for p in host.processes.values() if p.kind == "vm"]
+    ran = vms[0].name if vms else None
+    # the VM whose VMM ran: qemu_kvm_graph's nodes and counted edges, named per process
+    shared = {"KVM": "kvm.ko", "/dev/kvm": "/dev/kvm", "RAM": "RAM",
+              "CPU (VT-x / AMD-V)": "CPU (VT-x / AMD-V)", "in-kernel irqchip": "in-kernel irqchip"}
+
+    def name(n: str) -> str:
+        if n in shared:
+            return shared[n]
+        if n.startswith("ioeventfd"):
+            return n
+        if q.nodes[n]["layer"] == "kernel":  # a vhost worker: a kernel thread
+            return f"vhost worker ({ran}: {n})"
+        return f"{ran}: {n}"
+
+    for n, a in q.nodes(data=True):
+        if ran is None and n not in shared:
+            continue
+        g.add_node(name(n), **a)
+    for u, v, a in q.edges(data=True):
+        if name(u) in g and name(v) in g:
+            g.add_edge(name(u), name(v), **a)
+    g.nodes["kvm.ko"]["kind"] = "module"
     g.add_edge("Linux scheduler", "CPU (VT-x / AMD-V)", label="runs threads", count=0)
-    first = True
     for p in host.processes.values():
         proc = f"QEMU: {p.name}" if p.kind == "vm" else p.name
         g.add_node(proc, layer="user", kind="process" if p.kind == "vm" else "host process",
@@ -472,26 +492,23 @@ def kvm_stack(host: Host | None = None, vmm: QemuVMM | None = None) -> Any:
         g.add_edge(proc, "Linux mm", label="guest RAM = its memory", count=0)
         for k, t in enumerate(p.threads):
             th = f"{p.name}: {t}"
-            g.add_node(th, layer="user", kind="thread")
+            if th not in g:
+                g.add_node(th, layer="user", kind="thread")
             g.add_edge(proc, th, label="thread", count=0)
             g.add_edge("Linux scheduler", th, label="schedules", count=0)
-            if p.kind == "vm" and k < p.vcpus:
+            if p.kind == "vm" and k < p.vcpus and p.name != ran:
                 v = f"{p.name}: vCPU {k}"
                 g.add_node(v, layer="guest", kind="vcpu")
-                used = first and k == 0
-                g.add_edge(v, "kvm.ko", label="VM exit",
-                           count=q.edges["vCPU 0", "KVM"]["count"] if used else 0)
-                g.add_edge(th, "/dev/kvm", label="ioctl(KVM_RUN)",
-                           count=q.edges["KVM", "CPU 0/KVM"]["count"] if used else 0)
-        if p.kind == "vm" and first:  # the VMM that ran: its devices
-            for dev in vmm.bus.devices:
-                node = f"{p.name}: {dev.name}"
-                layer = q.nodes[dev.name]["layer"]
-                g.add_node(node, layer=layer, kind=q.nodes[dev.name]["kind"])
-                g.add_edge(proc if layer == "user" else "kvm.ko", node, label="device model",
-                           count=vmm.stats.by_device.get(dev.name, 0))
-                g.add_edge(node, "RAM", label="DMA into guest RAM", count=0)
-            first = False
+                g.add_edge(v, "kvm.ko", label="VM exit", count=0)
+                g.add_edge(th, "/dev/kvm", label="ioctl(KVM_RUN)", count=0)
+        if p.name == ran:
+            for k in range(1, p.vcpus):  # the model's VMM runs vCPU 0; the others wait
+                v, th = f"{p.name}: vCPU {k}", f"{p.name}: CPU {k}/KVM"
+                g.add_node(v, layer="guest", kind="vcpu")
+                g.add_edge(v, "kvm.ko", label="VM exit", count=0)
+                g.add_edge(th, "/dev/kvm", label="ioctl(KVM_RUN)", count=0)
+            if f"{ran}: QEMU I/O thread" in g:
+                g.add_edge(proc, f"{ran}: QEMU I/O thread", label="thread", count=0)
     return g
 
 
@@ -854,13 +871,30 @@ def path_bars_svg(paths: BlockPaths, selected: str, width: int = 560) -> str:
     return "".join(parts)
 
 
+def path_graph(path: str) -> tuple[Any, list[tuple[str, str]]]:
+    """The stack one path runs on and the edges two of its requests used (cached).
+
+    KVM paths: :func:`kvm_stack` of a VMM that ran them; Xen's split driver:
+    :func:`xen_stack` after :func:`xen_block_run`; native: driver → disk.
+
+    >>> g, used = path_graph("emulated")
+    >>> ("web: CPU 0/KVM", "web: disk") in used
+    True
+    >>> sorted(path_graph("vhost")[1])[0]
+    ('ioeventfd 0xc050', 'vhost worker (web: vblk)')
+    """
+    if path not in PATH_NAMES:
+        raise ViewError(f"path must be one of {list(PATH_NAMES)}, got {path!r}")
+    return _graphs(path)
+
+
 @functools.lru_cache(maxsize=8)
 def _graphs(path: str) -> tuple[Any, list[tuple[str, str]]]:
     if PATH_NAMES[path] == "KVM":
         g = kvm_stack(vmm=_kvm_vmm(path, 2, 2, 4096))
         return g, kvm_path_edges(g)
     if PATH_NAMES[path] == "Xen":
-        xen = _xen_host(256)
+        xen = _shared_xen()
         _row, ev = xen_block_run(2, 2, 4096, xen=xen)
         g = xen_stack(xen)
         return g, xen_path_edges(g, ev)
