@@ -88,6 +88,7 @@ PATH_NAMES = {
     "virtio+ioeventfd": "KVM", "vhost": "KVM", "split driver": "Xen",
 }
 SECTOR = 512
+_RAMP = bytes(range(256)) * (4096 // 256 + 1)
 
 
 # ---------------------------------------------------------------------------
@@ -249,8 +250,8 @@ def xen_block_run(requests: int = 16, batch: int = 4, request_bytes: int = 4096,
                 lo, hi = (s + k) * SECTOR, (s + k + n) * SECTOR
                 expect = b""  # the back end serves a batch in order: reads see earlier writes
                 if is_write:
-                    data = bytes(((i * 131 + k * SECTOR + j) & 0xFF)
-                                 for j in range(n * SECTOR))
+                    first = (i * 131 + k * SECTOR) & 0xFF  # a different ramp per request
+                    data = _RAMP[first:first + n * SECTOR]
                     xen.guest_write(front.domid, mfn, 0, data)
                     ref_disk[lo:hi] = data
                 else:
