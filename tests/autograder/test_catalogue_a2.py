@@ -77,8 +77,11 @@ def test_no_boost_loses_only_the_boost_part(no_boost):
 def test_students_get_different_hidden_cases_and_regrading_is_identical(no_boost):
     alice, bob, again = no_boost["alice"], no_boost["bob"], no_boost["alice again"]
 
-    def hidden_seed(r: NotebookResult) -> int | None:
-        return next(c.seed for c in r.part("credit_boost").checks if c.hidden)
+    def hidden_seed(r: NotebookResult) -> str | None:
+        # the seed is in the instructor's field only, never in the student's message
+        c = next(c for c in r.part("credit_boost").checks if c.hidden)
+        assert c.seed is None and "seed=" not in c.message
+        return c.instructor.split("seed=")[1].split(")")[0] if "seed=" in c.instructor else None
 
     assert hidden_seed(alice) is not None and hidden_seed(bob) is not None
     assert hidden_seed(alice) != hidden_seed(bob)
