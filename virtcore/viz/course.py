@@ -129,7 +129,8 @@ WALKTHROUGH = Chapter(
 
 #: Chapter 6's second part: Xen's virtual MMU.
 XEN_MMU = Chapter(6, "Xen's virtual MMU", "虚拟内存管理单元", "S6", ("xen",),
-                  "P2M and M2P, validated page tables, shadow page tables, EPT/NPT",
+                  "P2M and M2P, validated page tables, shadow page tables, EPT/NPT"
+                  " (assignment a4_virtual_mmu)",
                   stem="06b-xen-mmu", label="6b", claims=("S6.5",))
 
 #: The notebooks in reading order.
