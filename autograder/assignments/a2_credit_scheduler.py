@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from autograder.harness.a2 import CLASS_NAME, build, run_case, simulate_case, worker_setup
@@ -75,6 +75,7 @@ __all__ = [
     "WORKED_EXAMPLES",
     "build",
     "cases",
+    "check_seeds",
     "compare",
     "generated_case",
     "ideal_shares",
@@ -646,3 +647,30 @@ def compare(part: Part, check: Check, case: dict[str, Any], got: Any) -> str | N
                 " does an idle pCPU steal work from the other run queues?")
     return (_check_utilisation(ref, mine, 0.02 * case["pcpus"])
             or _check_starvation(case, ref, mine))
+
+
+def check_seeds(grade_id: str, namespace: dict[str, Any], seeds: Iterable[int]) -> list[str]:
+    """Run a part's generated workloads with these ``seeds`` on the ``StudentCredit`` of
+    ``namespace``, in this process, with the hidden check's comparison: the failure messages
+    ([] when all pass).
+
+    For a notebook's own test cells (advice, not a score: no sandbox, the reference runs
+    here, as in :func:`autograder.grade.run_visible`).
+
+    >>> from virtcore.sched import Credit
+    >>> check_seeds("credit_caps", {CLASS_NAME: Credit}, (40,))
+    []
+    """
+    part = SPEC.part(grade_id)
+    check = part.checks[-1]
+    impl = build(namespace, grade_id, worker_setup(grade_id))
+    out = []
+    for seed in seeds:
+        case = generated_case(_CHECK_KIND[check.name], seed, f"workload seed={seed}")
+        try:
+            msg = compare(part, check, case, run_case(impl, case))
+        except Exception as e:  # a bug of the grader would surface here, not be hidden
+            msg = f"{type(e).__name__}: {e}"
+        if msg is not None:
+            out.append(f"{case['label']}: {msg}")
+    return out
