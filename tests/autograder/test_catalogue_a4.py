@@ -212,3 +212,19 @@ def _preamble() -> str:
     nb = nbformat.read(SOURCE, as_version=4)
     return "\n".join(c.source for c in nb.cells
                      if "autograder:preamble" in c.metadata.get("tags", []))
+
+
+def test_the_scan_flags_the_reference_methods_not_the_library_around_them(ag):
+    from autograder.integrity import scan_cells
+
+    def flagged(src: str) -> list[str]:
+        found = scan_cells([("mmu_validate", src)], forbidden=a4.FORBIDDEN,
+                           preamble=[_preamble()])
+        return [f.rule for f in found.get("mmu_validate", [])]
+
+    assert flagged("def mmu_update(xen, caller, reqs):\n"
+                   "    return XenMM.mmu_update(xen, caller, reqs)\n") == ["reference"]
+    assert flagged("from virtcore.xen.nested import HVMGuest\nw = HVMGuest.guest_walk\n")
+    assert flagged("def f(xen):\n    assert isinstance(xen, XenMM)\n"
+                   "    XenMM.put_page_from_l1e(xen, 0, 1)\n") == []  # allowed: the release side
+    assert flagged("\n".join(ag.cells_of("a4_correct.py").values())) == []
