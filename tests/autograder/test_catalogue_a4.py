@@ -228,3 +228,32 @@ def test_the_scan_flags_the_reference_methods_not_the_library_around_them(ag):
     assert flagged("def f(xen):\n    assert isinstance(xen, XenMM)\n"
                    "    XenMM.put_page_from_l1e(xen, 0, 1)\n") == []  # allowed: the release side
     assert flagged("\n".join(ag.cells_of("a4_correct.py").values())) == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_reference_walk_agrees_with_the_librarys_nested_paging(seed):
+    """On an HVM guest of virtcore.xen.nested (P2M as an EPT, no holes): the same guest-table
+    references (level, index, machine address, entry), the same machine address, the same
+    faults as NestedPaging.translate's two-dimensional walk."""
+    from virtcore.hw.paging import PagingConfig
+    from virtcore.rng import make_rng
+    from virtcore.xen.memory import MachineMemory
+    from virtcore.xen.nested import HVMGuest, NestedPaging, TaggedTLB, populate
+
+    rng = make_rng(seed)
+    m = MachineMemory(256, 32)
+    mem = populate(m, 1, 32)
+    guest = HVMGuest(m, mem, PagingConfig.tiny())
+    hap = NestedPaging(m, PagingConfig.tiny4(), TaggedTLB(8))
+    hap.add_guest(guest)
+    for _ in range(5):
+        hap.map(1, 0, rng.randrange(64) << 5, guest.take_data_page(), rng.random() < 0.5)
+    frames = {mfn: m.physical.words[mfn * 8: mfn * 8 + 8] for mfn in mem.p2m.values()}
+    view = a4.GuestView(2, 5, 3, guest.roots[0], dict(mem.p2m), frames)
+    for _ in range(20):
+        va, write = rng.randrange(2048) & ~3, rng.random() < 0.5
+        lib = hap.translate(1, va, write)
+        maddr, refs, fault = a4.reference_translate(view, va, write)
+        assert refs == [(r.level, r.index, r.maddr, r.entry) for r in lib.refs
+                        if not r.table.startswith("EPT")]
+        assert (maddr, fault is None) == (lib.maddr if lib.ok else None, lib.ok)
