@@ -184,7 +184,9 @@ def reference_translate(view: GuestView, va: int, write: bool = False
     ``"p2m"``), the entry at ``index`` is read from machine memory (one reference), not
     present → ``"not present"``; the entry's frame field is the next gfn.  After the leaf:
     a write needs W at every level (``"read-only"``), then the data page's gfn goes through
-    the P2M.
+    the P2M.  On a guest without holes the references are the guest-table references of
+    :meth:`virtcore.xen.nested.NestedPaging.translate` (which adds the EPT's own), with the
+    same result (tested).
 
     >>> v = GuestView(2, 5, 3, 0, {0: 9, 1: 4, 7: 2}, {9: [0x1007, 0, 0, 0, 0, 0, 0, 0],
     ...               4: [0, 0, 0x7005, 0, 0, 0, 0, 0]})
