@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 import virtcore.viz.selfcheck_ch3_4 as sc
+import virtcore.viz.selfcheck_kvm  # the kvm.* questions the chapters ask
+import virtcore.viz.selfcheck_xen  # noqa: F401  (registers the xen.* questions)
 from virtcore.kvm.host import Host
 from virtcore.kvm.qemu import compare_block_io
 from virtcore.sched import RoundRobin
@@ -171,3 +173,29 @@ def test_who_does_answers_follow_the_table() -> None:
     assert sc._solve_who_does({"job": "CPU: schedules the vCPUs", "hyp": "Xen"}) == "xen"
     assert sc._solve_who_does({"job": "VM management", "hyp": "Xen"}) == "dom0"
     assert sc._solve_who_does({"job": "I/O: device models / back ends", "hyp": "KVM"}) == "qemu"
+
+
+@pytest.mark.parametrize(("stem", "claims"), [
+    ("03-kvm-vs-xen", ("S3.1", "S3.2", "S3.3", "S3.4", "S3.5", "S3.6", "N3", "N5")),
+    ("04-security-vs-performance", ("S4.1", "S4.2", "S4.3", "S4.4", "S4.5", "S4.6", "N3", "N4",
+                                    "N5", "N6")),
+])
+def test_each_chapter_closes_with_a_row_per_claim(stem: str, claims: tuple[str, ...]) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / f"{stem}.ipynb")
+                    .read_text(encoding="utf-8"))
+    text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    table = text.split("where each is covered", 1)[1]
+    rows = {m[0]: m[1] for m in re.findall(
+        r"^\| ((?:S\d\.\d)|(?:N\d)) [^|]*\|[^|]*\|[^|]*\| ([^|]+) \|$", table, re.M)}
+    assert sorted(rows) == sorted(claims)
+    asked = set(re.findall(r'check_answer\("([^"]+)"', "".join(
+        "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")))
+    for claim, cell in rows.items():
+        for q in re.findall(r"`([a-z]+\.[a-z-]+)`", cell):
+            assert q in REGISTRY, (claim, q)
+            if "chapter" not in cell:  # another chapter's self-check is marked as such
+                assert q in asked, (claim, q)
