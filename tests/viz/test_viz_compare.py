@@ -199,3 +199,13 @@ def test_each_chapter_closes_with_a_row_per_claim(stem: str, claims: tuple[str, 
             assert q in REGISTRY, (claim, q)
             if "chapter" not in cell:  # another chapter's self-check is marked as such
                 assert q in asked, (claim, q)
+
+
+def test_the_split_driver_run_is_the_same_on_a_fresh_and_a_reused_host() -> None:
+    xen = cmp._xen_host(256)
+    first, ev1 = cmp.xen_block_run(8, 4, 4096, xen=xen)
+    again, ev2 = cmp.xen_block_run(8, 4, 4096, xen=xen)
+    fresh, _ = cmp.xen_block_run(8, 4, 4096)
+    assert first == again == fresh
+    assert ev1[0].seq < ev1[-1].seq < ev2[0].seq  # each run reports only its own events
+    assert [e.kind for e in ev1] == [e.kind for e in ev2]
