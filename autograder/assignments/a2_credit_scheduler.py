@@ -176,7 +176,7 @@ def _dom(name: str, *, weight: int = 256, cap: int = 0, vcpus: int = 1,
             "workload": workload or {"kind": "cpu"}}
 
 
-#: The visible worked examples of the accounting part (facts §2.8): (label, pCPUs, domains).
+#: The visible worked examples of the accounting part [XEN-CREDIT]: (label, pCPUs, domains).
 WORKED_EXAMPLES: tuple[tuple[str, int, tuple[dict[str, Any], ...]], ...] = (
     ("weights 256 and 512", 1, (_dom("a", weight=256), _dom("b", weight=512))),
     ("weights 128, 256 and 512", 1,

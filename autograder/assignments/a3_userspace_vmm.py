@@ -3,7 +3,7 @@
 The students program against virtcore's ``/dev/kvm`` model (:mod:`virtcore.kvm`, teaching-ISA
 guests, pure Python): the real ioctl names and numbers, ``struct kvm_run`` and the
 ``KVM_EXIT_*`` values, and ``OSError`` with the kernel's errno for every mistake
-(``reference/virtualization-facts.md`` §1.2–§1.8).  Their solution cells define three
+[KVM-API; KVM-H; LWN15].  Their solution cells define three
 functions, one per part, on the types the notebook gives (``Machine``, ``VmResult``,
 ``VmmError``)::
 

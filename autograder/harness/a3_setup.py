@@ -1,4 +1,4 @@
-"""The reference ``setup_vm`` of assignment 3 (the canonical sequence, facts §1.3).
+"""The reference ``setup_vm`` of assignment 3 (the canonical sequence [LWN15; KVM-API]).
 
 Staged into the sandbox only for the parts that build on it (``vmm_run_loop``,
 ``vmm_errors``), never for ``vmm_setup``, whose answer it is.
@@ -31,7 +31,7 @@ __all__ = ["ref_setup"]
 
 def ref_setup(kvm: Any, guest: Any, refuse: type[Exception] = _RefusedError,
                machine: Callable[..., Any] = _Machine) -> Any:
-    """The canonical sequence (facts §1.3) — the reference ``setup_vm``."""
+    """The canonical sequence [LWN15] — the reference ``setup_vm``."""
     version = kvm.ioctl(KVM_GET_API_VERSION, 0)
     if version != KVM_API_VERSION:
         raise refuse(f"KVM_GET_API_VERSION returned {version}; this VMM needs"
