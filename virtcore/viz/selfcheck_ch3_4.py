@@ -123,7 +123,7 @@ def _traces() -> tuple[str, str]:
 def _gen_trace_of(rng: random.Random) -> tuple[str, dict[str, Any]]:
     steps = rng.sample(_STEPS, 4)
     lines = "\n".join(f"    {i}. {s}" for i, s in enumerate(steps, start=1))
-    return ("The same two block reads ran on a KVM host (virtio-blk, QEMU) and on a Xen host "
+    return ("The same two block requests ran on a KVM host (virtio-blk, QEMU) and on a Xen host "
             "(blkfront → blkback in Dom0). Each step below appears in one of the two traces. "
             "Whose is it?\n\n" + lines + "\n\nAnswer with a list of 'kvm' or 'xen', one per "
             "step, in order."), {"steps": steps}
