@@ -690,6 +690,10 @@ def where_table(host: Host | None = None, xen: Xen | None = None) -> list[tuple[
     if xen is None:
         xen = _shared_xen()
     sched_k = g.nodes["Linux scheduler"]["text"]
+    enters = next(u for u, v, a in g.edges(data=True)
+                  if g.nodes[v]["kind"] == "cpu" and a.get("label") == "VM entry")
+    mm = next(u for u, v, a in g.edges(data=True)
+              if g.nodes[v]["kind"] == "memory" and a.get("label") == "pages")
     comps = xen.components
     sched_x = next(c for c in comps if "scheduler" in c)
     mem_x = next(c for c in comps if "memory" in c)
@@ -702,9 +706,10 @@ def where_table(host: Host | None = None, xen: Xen | None = None) -> list[tuple[
     return [
         ("CPU: schedules the vCPUs", f"Linux ({sched_k}): vCPUs are threads",
          f"Xen hypervisor ({sched_x})"),
-        ("CPU: runs guest code / traps privileged ops", "kvm.ko (VT-x/AMD-V guest mode)",
+        ("CPU: runs guest code / traps privileged ops",
+         f"{enters} (VM entry into guest mode: VT-x/AMD-V)",
          "Xen hypervisor (PV: traps and hypercalls; HVM: VT-x/AMD-V)"),
-        ("memory: guest physical → machine", "kvm.ko (memory slots → EPT) on Linux mm",
+        ("memory: guest physical → machine", f"{enters} (memory slots → EPT) on {mm}",
          f"Xen hypervisor ({mem_x})"),
         ("I/O: device models / back ends", f"QEMU process ({', '.join(devs)})",
          f"{', '.join(backs)} (split-driver back ends)"),
