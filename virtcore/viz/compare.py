@@ -956,11 +956,14 @@ def io_view(request_bytes: int = 4096, batch: int = 4, device: str = "virtio",
 def io_explorer(*, seed: int = 0) -> Any:
     """Widgets: I/O size, batch (requests outstanding), hypervisor, device model → :func:`io_view`.
 
+    The "rate" of the workload is how many requests the guest keeps outstanding (the batch
+    behind one notification), not an arrival rate: the models have no clock.
+
     Returns the box; ``box.controls`` (dict of widgets) and ``box.view`` (the HTML widget).
     """
     widgets = require("ipywidgets")
     size = widgets.Dropdown(options=[512, 4096, 16384], value=4096, description="I/O bytes")
-    batch = widgets.Dropdown(options=[1, 4, 16], value=4, description="batch")
+    batch = widgets.Dropdown(options=[1, 4, 16], value=4, description="outstanding")
     hyper = widgets.ToggleButtons(options=list(DEVICE_MODELS), value="KVM",
                                   description="hypervisor")
     dev = widgets.Dropdown(options=list(DEVICE_MODELS["KVM"]), value="virtio",
