@@ -537,7 +537,9 @@ def replay(case: dict[str, Any], data: Any) -> dict[str, Any]:
             self.by_name: dict[str, Any] = {}
 
         def wake(self, vcpu: Any, now: int) -> None:
-            pass
+            waiting = self.waiting.pop(vcpu.name, None)
+            if waiting is not None:
+                self.sim.tickle(waiting)
 
         def descheduled(self, vcpu: Any, pcpu: Any, now: int, ran_us: int) -> None:
             waiting = self.waiting.pop(vcpu.name, None)
@@ -555,9 +557,11 @@ def replay(case: dict[str, Any], data: Any) -> dict[str, Any]:
                 a, b, v = lst[i]
                 vcpu = self.by_name[names[v]]
                 other = vcpu.running_on
-                if other is not None and other is not pcpu and a == now:
-                    # it moves here at this instant, and its old pCPU has not let it go yet
-                    # (events of one instant run in order): idle until it does
+                if a == now and ((other is not None and other is not pcpu)
+                                 or (other is None and not vcpu.runnable)):
+                    # it moves here at this instant and its old pCPU has not let it go yet,
+                    # or it wakes at this instant and the wake-up is not processed yet
+                    # (events of one instant run in order): idle until then
                     self.waiting[vcpu.name] = pcpu
                     return IDLE
                 return Decision(vcpu, b - now)
