@@ -143,9 +143,20 @@ def notebook_namespace(assignment: str, grade_ids: tuple[str, ...]) -> dict[str,
     return ns
 
 
-def hardcoded_caps(visible_caps: set[int]) -> str:
-    """An answer cell for the caps part that is right only for the caps of the visible checks."""
+def hardcoded_caps(visible_caps: set[int],
+                   visible_domains: list[list[dict[str, Any]]] | None = None) -> str:
+    """An answer cell for the caps part that is right only for the caps of the visible checks.
+
+    With ``visible_domains`` (each visible case's domains), it enforces caps only on exactly
+    those workloads: it then fails every hidden case that is not a copy of a visible one
+    (hidden draws that happen to use only visible caps included).
+    """
     table = {c: -(-c * 300 // 100) for c in sorted(visible_caps | {50, 1})}
+    known = sorted(sorted((d["name"], d["weight"], d["cap"]) for d in doms)
+                   for doms in visible_domains or [])
+    guard = ("" if visible_domains is None else
+             f"    if sorted((d.name, d.weight, d.cap) for d in sched.doms.values()) not in"
+             f" {known!r}:\n        return  # not a visible workload\n")
     return f'''
 def cap_peak(cap):
     """Hard-codes the answers of the visible checks."""
@@ -153,7 +164,7 @@ def cap_peak(cap):
 
 
 def enforce_cap(sched, unit, unit_cap):
-    if unit.credit < -unit_cap and not unit.parked:
+{guard}    if unit.credit < -unit_cap and not unit.parked:
         sched.park(unit)
     elif unit.credit >= 0 and unit.parked:
         sched.unpark(unit)

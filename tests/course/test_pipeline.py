@@ -197,7 +197,10 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     visible = {d["cap"] for s in a2mod.PUBLIC_SEEDS["caps_public"]
                for d in a2mod.generated_case("caps", s)["domains"]}
-    H.write_nb(H.solved(rel2, src2, credit_caps=H.hardcoded_caps(visible)),
+    doms = [[{k: d[k] for k in ("name", "weight", "cap")}
+             for d in a2mod.generated_case("caps", s)["domains"]]
+            for s in a2mod.PUBLIC_SEEDS["caps_public"]]
+    H.write_nb(H.solved(rel2, src2, credit_caps=H.hardcoded_caps(visible, doms)),
                folder2 / "hardcoder" / NOTEBOOK[A2])
     out["logs"]["import a2"] = H.run_cli(course, "import", A2, str(folder2)).stdout
 
@@ -244,7 +247,12 @@ def test_release_has_no_solutions_hidden_tests_or_secret(graded: dict[str, Any],
     assert H.SECRET not in text
     nb = H.read_nb(rel)
     answers = [c for c in nb.cells if H.nbg(c).get("solution")]
-    assert len(answers) == 4
+    from autograder.assignments import REGISTRY
+
+    parts = {p.grade_id for p in REGISTRY[assignment].parts}
+    ungraded = {"design_treatment"} if assignment == A1 else set()  # a1's design exercise
+    assert {H.nbg(c)["grade_id"] for c in answers} == parts | ungraded
+    assert len(answers) == len(parts | ungraded)
     assert all("raise NotImplementedError()" in c.source for c in answers)
     src = H.read_nb(course / "source" / assignment / NOTEBOOK[assignment])
     solution_lines = {ln.strip() for c in src.cells if H.nbg(c).get("solution")
