@@ -273,7 +273,7 @@ def _setup_state(tracer: _Tracer, machine: Any, guest: Any) -> dict[str, Any]:
         state["slots"] = slots
     vcpu = getattr(machine, "vcpu", None)
     state["regs"] = tracer.regs(vcpu)
-    if state["regs"] is not None:
+    if state["regs"] is not None and vcpu is not None:
         sregs = kvm_sregs()
         tracer.recording = False
         try:

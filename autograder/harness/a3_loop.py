@@ -39,12 +39,16 @@ def ref_loop(machine: Any, result: Any, inputs: bytes = b"",
                 if rec.port == COM1:
                     result.output = bytes(result.output) + rec.data[::rec.size]
             else:
+                assert rec.size is not None  # an IO exit has a size and a count
+                assert rec.count is not None
                 n = rec.size * rec.count
                 data = bytes(pending[:n]).ljust(n, b"\0")
                 del pending[:n]
                 run.set_io_data(data)
                 rec = replace(rec, data=data)
         elif rec.reason == KVM_EXIT_MMIO:
+            assert rec.phys_addr is not None  # an MMIO exit has an address and a size
+            assert rec.size is not None
             if rec.is_write:
                 for i, b in enumerate(rec.data):
                     scratch[rec.phys_addr + i] = b
