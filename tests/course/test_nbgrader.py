@@ -84,7 +84,10 @@ def autograded(tmp_path_factory: pytest.TempPathFactory) -> Path:
                for d in ns["public_case"]("caps", s)["domains"]}
     H.write_nb(H.solved(course / "release" / A2 / NOTEBOOK[A2],
                         course / "source" / A2 / NOTEBOOK[A2],
-                        credit_caps=H.hardcoded_caps(visible)),
+                        credit_caps=H.hardcoded_caps(visible, [
+                            [{k: d[k] for k in ("name", "weight", "cap")} for d in
+                             ns["public_case"]("caps", s)["domains"]]
+                            for s in ns["PUBLIC_SEEDS"]["caps"]])),
                course / "submitted" / "hardcoder" / A2 / NOTEBOOK[A2])
     for a in (A1, A2):
         H.run_nbgrader(course, "autograde", a, "--force")
