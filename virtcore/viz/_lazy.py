@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import html
 import importlib
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from virtcore.errors import VirtcoreError
 
@@ -108,3 +110,27 @@ def esc(value: object) -> str:
     '&lt;hlt&gt; &amp; more'
     """
     return html.escape(str(value), quote=True)
+
+
+def wire_stepper(slider: Any, buttons: dict[str, Any], show: Callable[[int], None],
+                 n: int) -> None:
+    """Connect a stepper's ⏮ ◀ ▶ ⏭ buttons and slider to ``show(step)`` over ``n`` steps.
+
+    ``buttons`` has the keys ``first``, ``prev``, ``next`` and ``last``; each click clamps the
+    step to ``0 … n-1``, moves the slider (which calls ``show``) or, at a bound, shows again.
+    Shared by the trap stepper (chapter 2a) and the KVM_RUN exit stepper (walkthrough).
+    """
+
+    def go(target: Callable[[int], int]) -> Callable[[Any], None]:
+        def on_click(_button: Any) -> None:
+            new = min(max(target(slider.value), 0), max(0, n - 1))
+            if new == slider.value:
+                show(new)
+            slider.value = new
+        return on_click
+
+    buttons["first"].on_click(go(lambda _i: 0))
+    buttons["prev"].on_click(go(lambda i: i - 1))
+    buttons["next"].on_click(go(lambda i: i + 1))
+    buttons["last"].on_click(go(lambda _i: n - 1))
+

@@ -58,7 +58,7 @@ from virtcore.kvm.cli import RunReport
 from virtcore.kvm.qemu import IOComparison, QemuRun
 from virtcore.kvm.tcg import TcgComparison
 from virtcore.viz import ViewError
-from virtcore.viz._lazy import TextView, esc, require
+from virtcore.viz._lazy import TextView, esc, require, wire_stepper
 
 __all__ = [
     "IOCTL_FD",
@@ -760,18 +760,7 @@ def exit_stepper(guest: Any = None, *, backend: str = "model", irqchip: bool = F
 
     slider.observe(lambda change: show(int(change["new"])), names="value")
 
-    def go(step: Any) -> Any:
-        def on_click(_button: Any) -> None:
-            new = min(max(step(slider.value), 0), max(0, n - 1))
-            if new == slider.value:
-                show(new)
-            slider.value = new
-        return on_click
-
-    buttons["first"].on_click(go(lambda _i: 0))
-    buttons["prev"].on_click(go(lambda i: i - 1))
-    buttons["next"].on_click(go(lambda i: i + 1))
-    buttons["last"].on_click(go(lambda _i: n - 1))
+    wire_stepper(slider, buttons, show, n)
     show(0)
     box = widgets.VBox([head, widgets.HBox([*buttons.values(), slider]), view])
     box.report = report

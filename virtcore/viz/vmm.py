@@ -46,7 +46,7 @@ from virtcore.hw.asm import Program, assemble, format_instruction
 from virtcore.hw.events import ExitReason, TrapCause
 from virtcore.hw.isa import CR, FLAG_IF, REG_NAMES, TABLE, decode
 from virtcore.viz import ViewError
-from virtcore.viz._lazy import TextView, esc, require
+from virtcore.viz._lazy import TextView, esc, require, wire_stepper
 from virtcore.vmm import (
     POPF_GUEST,
     POPF_GUEST_PV,
@@ -1091,18 +1091,7 @@ def trap_stepper(technique: Technique | str = "trap", **options: Any) -> Any:
 
     slider.observe(on_slide, names="value")
 
-    def go(target: Callable[[int], int]) -> Callable[[Any], None]:
-        def on_click(_button: Any) -> None:
-            new = min(max(target(slider.value), 0), max(0, n - 1))
-            if new == slider.value:
-                show(new)
-            slider.value = new
-        return on_click
-
-    buttons["first"].on_click(go(lambda _i: 0))
-    buttons["prev"].on_click(go(lambda i: i - 1))
-    buttons["next"].on_click(go(lambda i: i + 1))
-    buttons["last"].on_click(go(lambda _i: n - 1))
+    wire_stepper(slider, buttons, show, n)
     show(0)
     box = widgets.VBox([head, widgets.HBox([*buttons.values(), slider]), view])
     box.trace = trace
