@@ -630,19 +630,27 @@ def _kill_uids(uids: Sequence[int]) -> None:
     if not uids:
         return
     wanted = set(uids)
-    for _ in range(3):
-        found = []
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if d.stat().st_uid in wanted:
-                        found.append(int(d.name))
+    for _ in range(50):  # up to ~10 s: a SIGKILLed process may take a moment to go
+        found = uid_processes(wanted)
         if not found:
             return
         for pid in found:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        time.sleep(0.3)
+        time.sleep(0.2)
+
+
+def uid_processes(uids: set[int]) -> list[int]:
+    """Live processes (zombies excluded: already dead, waiting to be reaped) owned by ``uids``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if d.stat().st_uid in uids and state != "Z":
+                found.append(int(d.name))
+    return found
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ import pytest
 
 from deploy import config as cfg
 from deploy.config import Layout
-from deploy.hub import RUNUSER, Deployment, HubInfo, free_port, http_json
+from deploy.hub import RUNUSER, Deployment, HubInfo, free_port, http_json, uid_processes
 
 pytestmark = pytest.mark.hub
 
@@ -397,8 +397,7 @@ def test_down_leaves_nothing(hub: Hub) -> None:
     left = hub.dep.down()
     assert left == []
     for uid in uids:
-        running = [p.name for p in Path("/proc").iterdir()
-                   if p.name.isdigit() and _stat_uid(p) == uid]
+        running = uid_processes({uid})  # zombies are dead already (their parent reaps them)
         assert not running, f"processes of uid {uid} still run: {running}"
     print("timings:", json.dumps({k: round(v, 1) for k, v in hub.timings.items()}))
 
@@ -410,13 +409,6 @@ def _uid(user: str) -> int:
     import pwd
 
     return pwd.getpwnam(user).pw_uid
-
-
-def _stat_uid(p: Path) -> int | None:
-    try:
-        return p.stat().st_uid
-    except OSError:
-        return None
 
 
 def _solve(nb: dict[str, Any], hub: Hub) -> dict[str, Any]:
