@@ -22,11 +22,12 @@ matplotlib runs on the Agg backend; any pyplot figure left open is an error.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import Row, median_ms, time_notebook, verdict
+from benchmarks import _util
+from benchmarks._util import Row, changing, chapter_rows, cycling, median_ms, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = (ROOT / "notebooks" / "02a-vm-and-vmm.ipynb",
@@ -34,34 +35,6 @@ CHAPTERS = (ROOT / "notebooks" / "02a-vm-and-vmm.ipynb",
 CALLBACK_TARGET_MS = 100.0
 NOTEBOOK_TARGET_S = 30.0
 CALLS = 20
-
-
-
-
-def _cycling(fn: Callable[[Any], object], values: Iterable[Any]) -> Callable[[], None]:
-    """A callable that calls ``fn`` with the next of ``values`` (cycled)."""
-    it = itertools.cycle(list(values))
-
-    def step() -> None:
-        fn(next(it))
-
-    return step
-
-
-def _changing(w: Any, changes: list[tuple[str, Any]]) -> Callable[[], None]:
-    """A callable that makes the next change of ``changes`` that really changes a control.
-
-    Setting a control to the value it has fires no observer, so such steps are skipped.
-    """
-    it = itertools.cycle(changes)
-
-    def step() -> None:
-        for key, value in it:
-            if w.controls[key].value != value:
-                w.controls[key].value = value
-                return
-
-    return step
 
 
 def _playground() -> tuple[Callable[[], None], Callable[[], None]]:
@@ -76,11 +49,11 @@ def _playground() -> tuple[Callable[[], None], Callable[[], None]]:
                     ("duration_ms", 600), ("weight2", 256), ("cap3", 0), ("workload4", "io")]
     specs = [vs.VMSpec(f"vm{i}", 256 * i, 20 * (i == 3), k)
              for i, k in enumerate(vs.WORKLOADS, start=1)]
-    pure = _cycling(lambda a: vs.playground_view(*a),
+    pure = cycling(lambda a: vs.playground_view(*a),
                     [(s, p, specs[:n], t, d, 0)
                      for s, p, n, t, d in itertools.product(("Credit", "RR", "FIFO"), (1, 4),
                                                             (2, 4), (1, 30), (300, 1000))])
-    return _changing(w, changes), pure
+    return changing(w, changes), pure
 
 
 def _lifecycle() -> tuple[Callable[[], None], Callable[[], None]]:
@@ -89,9 +62,9 @@ def _lifecycle() -> tuple[Callable[[], None], Callable[[], None]]:
     p = vv.lifecycle_panel(run_steps=500)
     ops = ["define", "start", "resume", "run", "pause", "migrate", "resume", "migrate",
            "run", "shutdown", "pause", "start", "destroy", "undefine", "start"]
-    clicks = _cycling(lambda op: p.buttons[op].click(), ops)
+    clicks = cycling(lambda op: p.buttons[op].click(), ops)
     console = vv.LifecycleConsole(run_steps=500)
-    pure = _cycling(lambda op: console.run() if op == "run" else console.do(op), ops)
+    pure = cycling(lambda op: console.run() if op == "run" else console.do(op), ops)
     return clicks, pure
 
 
@@ -103,10 +76,10 @@ def _migration() -> tuple[Callable[[], None], Callable[[], None]]:
     for dirty, mib in itertools.product((2_000, 40_000, 20_000, 29_000), (512, 8192)):
         changes += [("dirty_rate", dirty), ("memory_mib", mib), ("stop_threshold", 20),
                     ("max_rounds", 30), ("bandwidth", 30_000), ("stop_threshold", 200)]
-    pure = _cycling(lambda a: vv.migration_view(*a),
+    pure = cycling(lambda a: vv.migration_view(*a),
                     itertools.product((512, 8192), (2_000, 29_000, 40_000), (30_000,),
                                       (20, 200), (30,)))
-    return _changing(w, changes), pure
+    return changing(w, changes), pure
 
 
 def _stepper() -> tuple[Callable[[], None], Callable[[], None]]:
@@ -114,9 +87,9 @@ def _stepper() -> tuple[Callable[[], None], Callable[[], None]]:
 
     w = vv.trap_stepper("bt")
     n = len(w.trace.steps)
-    clicks = _cycling(lambda b: w.buttons[b].click(), ["next"] * (n - 1) + ["first", "last",
+    clicks = cycling(lambda b: w.buttons[b].click(), ["next"] * (n - 1) + ["first", "last",
                                                                             "prev"])
-    pure = _cycling(lambda i: vv.render_trap_step(w.trace, i), range(n))
+    pure = cycling(lambda i: vv.render_trap_step(w.trace, i), range(n))
     return clicks, pure
 
 
@@ -130,21 +103,7 @@ WIDGETS: dict[str, Callable[[], tuple[Callable[[], None], Callable[[], None]]]] 
 
 def time_callbacks(calls: int = CALLS) -> dict[str, dict[str, float]]:
     """Median / max ms of each widget's callback and of its pure function."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out: dict[str, dict[str, float]] = {}
-    for name, make in WIDGETS.items():
-        callback, pure = make()
-        c_med, c_max = median_ms(callback, calls)
-        p_med, p_max = median_ms(pure, calls)
-        out[name] = {"callback_ms": c_med, "callback_max_ms": c_max, "pure_ms": p_med,
-                     "pure_max_ms": p_max}
-    if plt.get_fignums():
-        raise RuntimeError(f"pyplot figures left open: {plt.get_fignums()}")
-    return out
+    return _util.time_callbacks(WIDGETS, calls)
 
 
 def time_trace() -> float:
@@ -152,13 +111,6 @@ def time_trace() -> float:
     from virtcore.viz import vmm as vv
 
     return median_ms(lambda: vv.trap_trace("bt"), calls=CALLS)[0]
-
-
-def time_chapter(path: Path = CHAPTERS[0]) -> float:
-    """Seconds to run the chapter headless with nbclient (kernel ``python3``), start included."""
-    return time_notebook(path)
-
-
 
 
 def run() -> list[Row]:
@@ -173,11 +125,7 @@ def run() -> list[Row]:
         ]
     rows.append(Row("trap_trace('bt') (once, when trap_stepper is made), median", time_trace(),
                     "ms"))
-    for chapter in CHAPTERS:
-        seconds = time_chapter(chapter)
-        rows.append(Row(f"{chapter.name} headless (nbclient, python3)", seconds, "s",
-                        verdict(seconds, NOTEBOOK_TARGET_S)))
-    return rows
+    return rows + chapter_rows(CHAPTERS, NOTEBOOK_TARGET_S)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks._util import Row, median_ms, time_notebook, verdict
+from benchmarks._util import Row, chapter_rows, median_ms, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = (ROOT / "notebooks" / "03-kvm-vs-xen.ipynb",
@@ -89,11 +89,7 @@ def run() -> list[Row]:
             t["cold_ms"], "ms"),
         Row("  slowest of them", t["cold_max_ms"], "ms"),
     ]
-    for path in CHAPTERS:
-        seconds = time_notebook(path)
-        rows.append(Row(f"{path.name} headless (nbclient, python3)", seconds, "s",
-                        verdict(seconds, NOTEBOOK_TARGET_S)))
-    return rows
+    return rows + chapter_rows(CHAPTERS, NOTEBOOK_TARGET_S)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks._util import Row, median_ms, time_notebook, verdict
+from benchmarks import _util
+from benchmarks._util import Row, chapter_rows, median_ms, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = (ROOT / "notebooks" / "05-xen.ipynb", ROOT / "notebooks" / "06a-xen-internals.ipynb")
@@ -90,21 +91,7 @@ WIDGETS: dict[str, Callable[[], tuple[Callable[[], None], Callable[[], None]]]] 
 
 def time_callbacks(calls: int = CALLS) -> dict[str, dict[str, float]]:
     """Median / max ms of each widget's callback and of its pure operation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out: dict[str, dict[str, float]] = {}
-    for name, make in WIDGETS.items():
-        callback, pure = make()
-        c_med, c_max = median_ms(callback, calls)
-        p_med, p_max = median_ms(pure, calls)
-        out[name] = {"callback_ms": c_med, "callback_max_ms": c_max, "pure_ms": p_med,
-                     "pure_max_ms": p_max}
-    if plt.get_fignums():
-        raise RuntimeError(f"pyplot figures left open: {plt.get_fignums()}")
-    return out
+    return _util.time_callbacks(WIDGETS, calls)
 
 
 def time_made() -> dict[str, float]:
@@ -129,11 +116,7 @@ def run() -> list[Row]:
         ]
     for name, ms in time_made().items():
         rows.append(Row(f"{name} (once, when the cell runs), median", ms, "ms"))
-    for path in CHAPTERS:
-        seconds = time_notebook(path)
-        rows.append(Row(f"{path.name} headless (nbclient, python3)", seconds, "s",
-                        verdict(seconds, NOTEBOOK_TARGET_S)))
-    return rows
+    return rows + chapter_rows(CHAPTERS, NOTEBOOK_TARGET_S)
 
 
 if __name__ == "__main__":
