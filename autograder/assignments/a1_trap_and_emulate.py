@@ -1,6 +1,16 @@
-"""Assignment 1 — trap and emulate (陷入与模拟): the students write the VMM's handlers.
+"""Assignment 1 — trap and emulate (陷入与模拟): the students decide what the VMM must see, then
+write its handlers.
 
-The student's solution cells define functions with exactly the signature of virtcore's
+The design part (``design_treatment``) comes first: the student's ``treatment(row)`` says what
+the VMM must do with one row of an ISA table — run it ``"direct"``, let it ``"trap"`` and
+emulate it, or ``"translate"`` it because it would neither behave nor trap (:func:`treatment`
+is the grader's own answer, Popek and Goldberg's rule [PG74]).  It is asked about the real
+:data:`virtcore.hw.TABLE` (visible), about made-up ISAs with the public seeds (visible) and
+about made-up ISAs drawn for each submission (hidden; :func:`synthetic_rows`: invented
+mnemonics with random combinations of privileged, sensitivity, kind and user-mode behaviour),
+so only the rule passes — a table of the real mnemonics does not.
+
+The other parts' solution cells define functions with exactly the signature of virtcore's
 handler table (:mod:`virtcore.vmm.handlers`)::
 
     def handle_cli(vcpu, insn):          # -> Action (None counts as CONTINUE)
@@ -8,12 +18,14 @@ handler table (:mod:`virtcore.vmm.handlers`)::
         vcpu.pc += 4
         return Action.CONTINUE
 
-Parts (nbgrader grade ids) and the handlers each must define:
+Parts (nbgrader grade ids) and what each part's cell must define:
 
 ========================== ========================================== ======
-part                       handlers                                   points
+part                       what the cell defines                      points
 ========================== ========================================== ======
-``handlers_interrupt_flag`` ``handle_cli``, ``handle_sti``, ``handle_hlt``  10
+``design_treatment``        ``treatment(row)`` → "direct" | "trap" |      5
+                            "translate"
+``handlers_interrupt_flag`` ``handle_cli``, ``handle_sti``, ``handle_hlt``   5
 ``handlers_io``             ``handle_in``, ``handle_out``                10
 ``handlers_control``        ``handle_rdcr``, ``handle_wrcr``,            15
                             ``handle_iret``, ``handle_syscall``,
@@ -23,7 +35,14 @@ part                       handlers                                   points
                             guest-kernel code calls them, with no trap)
 ========================== ========================================== ======
 
-How a part is checked: guest kernels run under virtcore's hypervisor (trap-and-emulate;
+Why these weights: a part's points follow how much of it the student decides.  The design
+is the student's alone and every later part rests on it (5); Part 1's three handlers are
+spelled out almost line by line by the notebook's text (5, taken from its former 10 when
+the design became graded); I/O must reach the VM's own devices for any port, timer included
+(10); the control part has five handlers, ``iret``'s mode and ``syscall``'s reflection among
+them (15); POPF's handlers are worked out from the ISA, stack faults included (10).
+
+How a handler part is checked: guest kernels run under virtcore's hypervisor (trap-and-emulate;
 binary translation for the POPF part) with the **student's handlers for the part's
 instructions** and virtcore's reference handlers for every other instruction — so a bug in
 one part never costs another.  Each handler call is recorded (clock, pc, instruction, and
@@ -41,10 +60,11 @@ only if the reference run calls at least one of the part's handlers.  Step budge
 :data:`MAX_STEPS` guest instructions per run (the longest reference run of 600 generated
 guests takes ~700).
 
->>> [p.grade_id for p in SPEC.parts]
-['handlers_interrupt_flag', 'handlers_io', 'handlers_control', 'popf_binary_translation']
->>> SPEC.points
-45
+>>> [p.grade_id for p in SPEC.parts]  # doctest: +NORMALIZE_WHITESPACE
+['design_treatment', 'handlers_interrupt_flag', 'handlers_io', 'handlers_control',
+ 'popf_binary_translation']
+>>> [p.points for p in SPEC.parts], SPEC.points
+([5, 5, 10, 15, 10], 45)
 """
 
 from __future__ import annotations
@@ -54,12 +74,24 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from autograder.harness.a1 import HANDLERS, build, run_case, trace_guest, worker_setup
+from autograder.harness.a1 import (
+    DESIGN,
+    HANDLERS,
+    TREATMENTS,
+    build,
+    row_to_json,
+    run_case,
+    trace_guest,
+    worker_setup,
+)
 from autograder.spec import AssignmentSpec, Check, Part
 
 __all__ = [
     "CASE_TIMEOUT",
     "CELL_TIMEOUT",
+    "DESIGN",
+    "DESIGN_HIDDEN_CASES",
+    "DESIGN_PUBLIC_SEEDS",
     "DIRECTED",
     "FORBIDDEN",
     "HANDLERS",
@@ -68,12 +100,15 @@ __all__ = [
     "PUBLIC_SEEDS",
     "REFERENCES",
     "SPEC",
+    "TREATMENTS",
     "build",
     "cases",
     "check_seeds",
     "compare",
     "run_case",
+    "synthetic_rows",
     "trace_guest",
+    "treatment",
     "worker_setup",
 ]
 
@@ -111,12 +146,27 @@ def _part(grade_id: str, points: tuple[float, float, float], description: str) -
     ), f"{description} ({names})", tuple(f"handle_{m}" for m in HANDLERS[grade_id]))
 
 
+#: Made-up ISAs of the design part's public (visible) check: their seeds, the same for everyone.
+DESIGN_PUBLIC_SEEDS: tuple[int, ...] = (1, 2, 3)
+#: Made-up ISAs per hidden check of the design part (drawn per submission).
+DESIGN_HIDDEN_CASES = 6
+#: Rows of a made-up ISA.
+SYNTHETIC_ROWS = 12
+
+_DESIGN_PART = Part(DESIGN, 5, (
+    Check("design_table", 1, False, "the real ISA table, virtcore.hw.TABLE"),
+    Check("design_public", 1, False, "made-up ISAs with the public seeds"),
+    Check("design_hidden", 3, True, "made-up ISAs drawn for your submission"),
+), "what the VMM must do with each instruction: direct, trap or translate (treatment)",
+    ("treatment",))
+
 SPEC = AssignmentSpec(
     name="a1_trap_and_emulate",
     notebook="trap_and_emulate.ipynb",
     title="Trap and emulate: the VMM handlers",
     parts=(
-        _part("handlers_interrupt_flag", (3, 3, 4),
+        _DESIGN_PART,
+        _part("handlers_interrupt_flag", (2, 1, 2),
               "the virtual interrupt flag and waiting: cli, sti, hlt"),
         _part("handlers_io", (3, 3, 4), "port I/O on the VM's own virtual devices: in, out"),
         _part("handlers_control", (4, 4, 7),
@@ -148,11 +198,17 @@ FORBIDDEN: tuple[str, ...] = (
 def sandbox_plan(grade_id: str) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
     """What the sandbox of a part holds: the virtcore names redacted in its copy (the part's own
     reference handlers; the other parts' stay, the hypervisor runs on them) and the harness
-    modules staged (:mod:`autograder.harness.a1`).
+    modules staged (:mod:`autograder.harness.a1`).  The design part redacts
+    :func:`virtcore.vmm.popek.classify`, the library's sorting of rows into Popek–Goldberg
+    classes (its ``violations`` are the rows to translate).
 
     >>> sandbox_plan("handlers_io")
     ({'virtcore.vmm.handlers': ('handle_in', 'handle_out')}, ('a1',))
+    >>> sandbox_plan("design_treatment")
+    ({'virtcore.vmm.popek': ('classify',)}, ('a1',))
     """
+    if grade_id == DESIGN:
+        return {"virtcore.vmm.popek": ("classify",)}, ("a1",)
     return {"virtcore.vmm.handlers": tuple(f"handle_{m}" for m in HANDLERS[grade_id])}, ("a1",)
 
 
@@ -348,6 +404,183 @@ def _fill_popf_guest() -> None:
 _fill_popf_guest()
 
 
+# ------------------------------------------------------------------------- the design part
+
+def treatment(row: dict[str, Any]) -> str:
+    """The grader's answer for one ISA row (JSON data, as :func:`row_to_json` gives it).
+
+    Popek and Goldberg [PG74]: the guest kernel runs deprivileged (in user mode), so
+
+    - a **privileged** instruction (it traps when run in user mode) reaches the monitor by
+      itself: ``"trap"`` — the VMM emulates it on the virtual CPU (陷入并模拟).  That holds
+      whether or not it is sensitive: it cannot run directly, it traps; in their VMM every
+      privileged instruction has an interpreter routine;
+    - a **sensitive** instruction that is *not* privileged — control-sensitive (it changes the
+      configuration: x86 POPF's IF [RI00]) or behaviour-sensitive (its effect depends on the
+      configuration: the mode, or where it sits in real memory — "location sensitive") — would
+      run in user mode with the wrong effect and no trap: the VMM must find it before it runs,
+      ``"translate"`` (binary translation: the translated code does the instruction on the
+      virtual CPU [AA06]);
+    - an **innocuous** unprivileged instruction runs ``"direct"``: efficiency asks that a
+      dominant fraction of instructions run without the monitor.
+
+    Theorem 1 is the case with no row of the second kind: then trap-and-emulate suffices.
+
+    >>> from virtcore.hw.isa import ISA
+    >>> [treatment(row_to_json(ISA[m])) for m in ("add", "cli", "popf", "pushf", "syscall")]
+    ['direct', 'trap', 'translate', 'translate', 'direct']
+    """
+    if row["privileged"]:
+        return "trap"
+    if row["sensitivity"] != "innocuous":
+        return "translate"
+    return "direct"
+
+
+# What made-up rows do, by (privileged, sensitivity): (operands, semantics, what happens in
+# user mode when the row does not trap there).
+_CONTROL: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("rs",), "relocation base ← rs", "the write is silently ignored"),
+    (("rs",), "interrupt mask ← rs", "the new mask is silently dropped"),
+    (("rs",), "trap vector ← rs", "the write is silently ignored"),
+    (("uimm",), "timer period ← uimm", "the timer is silently left as it was"),
+    (("rs",), "page-table root ← rs", "the write is silently ignored"),
+    ((), "IF ← the saved IF", "IF is silently left unchanged"),
+    (("rs",), "memory bound ← rs", "the write is silently ignored"),
+)
+_BEHAVIOUR: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("rd",), "rd ← the current privilege mode (mode-sensitive)",
+     "it reports user mode, not the guest's kernel mode"),
+    (("rd",), "rd ← the real IF (mode-sensitive)", "it reads the host's IF, not the guest's"),
+    (("rd", "mem"), "rd ← the real address of [rs+imm] (location-sensitive)",
+     "it reveals where the VMM placed the guest in real memory"),
+    (("rd",), "rd ← the relocation base (location-sensitive)",
+     "it reads the host's base, not the guest's"),
+    (("rd",), "rd ← the interrupt mask", "it reads the host's mask, not the guest's"),
+    (("rd",), "rd ← the trap vector", "it reads the host's vector, not the guest's"),
+)
+_INNOCUOUS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("rd", "rs"), "rd ← rd rotated left by (rs & 31)"),
+    (("rd", "rs"), "rd ← the number of 1 bits of rs"),
+    (("rd", "rs"), "rd ← max(rd, rs) (signed)"),
+    (("rd", "rs"), "swap rd and rs"),
+    (("rd", "imm"), "rd ← rd − sext(imm)"),
+    (("target",), "if CF: pc ← target"),
+    (("rd", "mem"), "rd ← the byte at [rs + sext(imm)]"),
+    (("rd", "rs"), "rd ← rd × rs (high 32 bits)"),
+)
+#: Privileged yet innocuous: it changes nothing a program can see, but traps in user mode.
+_PRIVILEGED_INNOCUOUS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("rs",), "write back the cache line at rs (a hint; nothing a program sees changes)"),
+    ((), "a diagnostic no-op"),
+    ((), "wait a few cycles (a spin-loop hint)"),
+)
+_COMBOS = ((True, "innocuous"), (True, "control-sensitive"), (True, "behaviour-sensitive"),
+           (False, "control-sensitive"), (False, "behaviour-sensitive"), (False, "innocuous"))
+
+
+def _mnemonic(rng: Any, taken: set[str]) -> str:
+    from virtcore.hw.isa import ISA
+
+    while True:
+        m = (rng.choice("bdfgkmpqtvxz") + rng.choice("aeiou") + rng.choice("klmnrstx")
+             + rng.choice(("", "", "b", "q", "w", "z")))
+        if m not in ISA and m not in taken:
+            taken.add(m)
+            return m
+
+
+def synthetic_rows(seed: int, n: int = SYNTHETIC_ROWS) -> list[dict[str, Any]]:
+    """A made-up ISA of ``n`` rows (JSON data like :func:`row_to_json`'s), from ``seed``.
+
+    Invented mnemonics (never a real one), invented opcodes, and random combinations of what
+    the rule looks at — privileged or not; innocuous, control- or behaviour-sensitive (mode- or
+    location-sensitive) — and of what it does not: the kind, the operands, the wording.  Every
+    one of the six combinations of privileged × sensitivity appears at least once, so a rule
+    that gets one combination wrong fails every made-up ISA.  A row that does not trap in user
+    mode says in its note what it does there instead.
+
+    >>> rows = synthetic_rows(7)
+    >>> len(rows), len({r["mnemonic"] for r in rows}), synthetic_rows(7) == rows
+    (12, 12, True)
+    >>> sorted({treatment(r) for r in rows})
+    ['direct', 'translate', 'trap']
+    """
+    from virtcore.rng import make_rng
+
+    rng = make_rng(seed)
+    combos = list(_COMBOS) + [rng.choice(_COMBOS) for _ in range(max(0, n - len(_COMBOS)))]
+    rng.shuffle(combos)
+    taken: set[str] = set()
+    opcodes = rng.sample(range(0x60, 0x100), len(combos))
+    out = []
+    for (privileged, sens), opcode in zip(combos, opcodes):
+        note = ""
+        ops: tuple[str, ...]
+        if sens == "control-sensitive":
+            ops, sem, quiet = rng.choice(_CONTROL)
+        elif sens == "behaviour-sensitive":
+            ops, sem, quiet = rng.choice(_BEHAVIOUR)
+        else:
+            ops, sem = rng.choice(_PRIVILEGED_INNOCUOUS if privileged else _INNOCUOUS)
+            quiet = ""
+        if quiet and not privileged:
+            note = f"in user mode {quiet}"
+        kind = "branch" if "target" in ops else rng.choice(("plain", "system"))
+        out.append({"mnemonic": _mnemonic(rng, taken), "opcode": opcode, "operands": list(ops),
+                    "semantics": sem, "kind": kind, "privileged": privileged,
+                    "sensitivity": sens, "note": note})
+    return out
+
+
+def _design_cases(check: Check, seed_of: Callable[[int], int]) -> list[dict[str, Any]]:
+    if check.name == "design_table":
+        from virtcore.hw.isa import TABLE
+
+        return [{"label": "the ISA table (virtcore.hw.TABLE)", "seed": None,
+                 "rows": [row_to_json(r) for r in TABLE]}]
+    if not check.hidden:
+        return [{"label": f"made-up ISA seed={s}", "seed": s, "rows": synthetic_rows(s)}
+                for s in DESIGN_PUBLIC_SEEDS]
+    out = []
+    for k in range(DESIGN_HIDDEN_CASES):
+        seed = seed_of(k)
+        out.append({"label": f"hidden made-up ISA #{k + 1}", "seed": seed,
+                    "rows": synthetic_rows(seed)})
+    return out
+
+
+def _describe(row: dict[str, Any]) -> str:
+    """A row in words: what the rule looks at, and what it does in user mode."""
+    trap = ("privileged (traps with #GP in user mode)" if row["privileged"]
+            else "not privileged (no trap in user mode)")
+    note = f"; {row['note']}" if row.get("note") else ""
+    return f"`{row['mnemonic']}` ({row['semantics']}): {trap}, {row['sensitivity']}{note}"
+
+
+def _compare_design(case: dict[str, Any], got: Any) -> str | None:
+    rows = case["rows"]
+    answers = got.get("answers") if isinstance(got, dict) else None
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        return "the worker returned no usable answers for these rows"
+    n = len(rows)
+    for i, row in enumerate(rows):
+        where = f"row {i + 1} of {n}, {_describe(row)}"
+        if i >= len(answers):
+            err = got.get("error")
+            if isinstance(err, dict) and err.get("at") == i:
+                return f"{where}: treatment(row) raised:\n{err.get('message', '')}"
+            return f"{where}: no answer came back"
+        exp, mine = treatment(row), answers[i]
+        if mine != exp:
+            hint = "" if mine in TREATMENTS else (
+                f" (an answer is one of {', '.join(repr(t) for t in TREATMENTS)})")
+            return f"{where}: expected {exp!r}, got {mine!r}{hint}"
+    if len(answers) > n:
+        return f"{len(answers)} answers came back for {n} rows"
+    return None
+
+
 # ------------------------------------------------------------------------------ running
 
 
@@ -398,8 +631,13 @@ def cases(part: Part, check: Check, seed_of: Callable[[int], int]) -> list[dict[
     ["directed guest 'serial'", "directed guest 'timer'"]
     >>> [c["seed"] for c in cases(part, part.checks[1], lambda k: k)]
     [4, 5, 6]
+    >>> design = SPEC.part("design_treatment")
+    >>> [(c["label"], len(c["rows"])) for c in cases(design, design.checks[1], lambda k: k)]
+    [('made-up ISA seed=1', 12), ('made-up ISA seed=2', 12), ('made-up ISA seed=3', 12)]
     """
     gid = part.grade_id
+    if gid == DESIGN:
+        return _design_cases(check, seed_of)
     tech = _TECHNIQUE.get(gid, "trap")
     mine = set(HANDLERS[gid])
 
@@ -491,6 +729,7 @@ def _valid(got: object) -> bool:
 def compare(part: Part, check: Check, case: dict[str, Any], got: Any) -> str | None:
     """Compare the student's trace with the reference (computed here); None when equal.
 
+    >>> from virtcore.hw.isa import ISA
     >>> from virtcore.vmm.handlers import HandlerTable
     >>> case = _case_from_source("t", "cli\\nhlt", None, "trap")
     >>> part = SPEC.part("handlers_interrupt_flag")
@@ -503,7 +742,21 @@ def compare(part: Part, check: Check, case: dict[str, Any], got: Any) -> str | N
     >>> print(compare(part, part.checks[0], case, got))  # doctest: +NORMALIZE_WHITESPACE
     after trap #1 (cli at pc=0x0, clock 1): pc expected 0x4, got 0x0 —
     the cli handler did not advance pc (vcpu.pc += 4)
+
+    The design part: the student's answers against :func:`treatment`, row by row.
+
+    >>> design = SPEC.part("design_treatment")
+    >>> case = {"rows": [row_to_json(ISA[m]) for m in ("add", "popf")]}
+    >>> compare(design, design.checks[0], case, {"answers": ["direct", "translate"]}) is None
+    True
+    >>> print(compare(design, design.checks[0], case, {"answers": ["direct", "trap"]}))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    row 2 of 2, `popf` (flags ← pop; in user mode IF is silently left unchanged): not
+    privileged (no trap in user mode), control-sensitive; x86 POPF: fails silently instead of
+    trapping — why classic x86 was not virtualizable: expected 'translate', got 'trap'
     """
+    if part.grade_id == DESIGN:
+        return _compare_design(case, got)
     if not _valid(got):
         return "the worker returned no usable trace for this guest"
     exp = _reference(case)
@@ -601,12 +854,20 @@ def check_seeds(grade_id: str, namespace: dict[str, Any], seeds: Iterable[int]) 
     >>> ns = {f"handle_{m}": fn for m, fn in HandlerTable.reference().items()}
     >>> check_seeds("handlers_io", ns, (101, 102))
     []
+
+    The design part asks ``treatment`` about the made-up ISAs of these seeds:
+
+    >>> everything_traps = {"treatment": lambda row: "trap"}
+    >>> check_seeds("design_treatment", everything_traps, (5,))[0]  # doctest: +ELLIPSIS
+    "made-up ISA seed=5: row ... expected 'direct', got 'trap'"
     """
     part = SPEC.part(grade_id)
     impl = build(namespace, grade_id, worker_setup(grade_id))
     out = []
     for seed in seeds:
-        case = _case_from_seed(f"guest seed={seed}", seed, grade_id)
+        case = (_case_from_seed(f"guest seed={seed}", seed, grade_id) if grade_id != DESIGN
+                else {"label": f"made-up ISA seed={seed}", "seed": seed,
+                      "rows": synthetic_rows(seed)})
         try:
             msg = compare(part, part.checks[-1], case, run_case(impl, case))
         except Exception as e:  # a bug of the grader would surface here, not be hidden

@@ -2,7 +2,9 @@
 
 Staged into the sandbox (:mod:`autograder.sandbox`) with a copy of virtcore in which the part's
 own reference handlers are redacted; the grader imports the same :func:`trace_guest` to compute
-the reference trace with the real handlers.  Nothing here knows a case generator, a seed or
+the reference trace with the real handlers.  The design part (:data:`DESIGN`) only asks the
+student's ``treatment(row)`` about ISA rows (:func:`answer_rows`); which answer is right is
+decided in the grader, never here.  Nothing here knows a case generator, a seed, a rule or
 the course secret.
 """
 
@@ -11,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["HANDLERS", "build", "run_case", "trace_guest", "worker_setup"]
+__all__ = ["DESIGN", "HANDLERS", "TREATMENTS", "answer_rows", "build", "row_from_json",
+           "row_to_json", "run_case", "trace_guest", "worker_setup"]
+
+#: The design part: the student's ``treatment(row)`` says what the VMM does with an ISA row.
+DESIGN = "design_treatment"
+#: The answers ``treatment(row)`` may give.
+TREATMENTS = ("direct", "trap", "translate")
 
 #: Part → the instructions whose handlers the student writes (``handle_<mnemonic>``).
 HANDLERS: dict[str, tuple[str, ...]] = {
@@ -24,6 +32,7 @@ HANDLERS: dict[str, tuple[str, ...]] = {
 ALL_HANDLED = ("cli", "sti", "hlt", "in", "out", "rdcr", "wrcr", "iret", "invlpg", "syscall",
                "hcall", "pushf", "popf")
 _MAX_TRAPS = 4000
+_MAX_ANSWER = 40
 
 
 class _AbortError(Exception):
@@ -166,13 +175,92 @@ def trace_guest(handlers: dict[str, Callable[..., Any]], case: dict[str, Any],
 
 
 
+# ------------------------------------------------------------------------- the design part
+
+def row_to_json(row: Any) -> dict[str, Any]:
+    """One ISA row (:class:`virtcore.hw.isa.Instruction`) as JSON data.
+
+    >>> from virtcore.hw.isa import ISA
+    >>> d = row_to_json(ISA["popf"])
+    >>> d["mnemonic"], d["privileged"], d["sensitivity"], d["kind"]
+    ('popf', False, 'control-sensitive', 'system')
+    """
+    return {"mnemonic": row.mnemonic, "opcode": int(row.opcode),
+            "operands": list(row.operands), "semantics": row.semantics,
+            "kind": row.kind.value, "privileged": bool(row.privileged),
+            "sensitivity": row.sensitivity.value, "note": row.note}
+
+
+def row_from_json(data: dict[str, Any]) -> Any:
+    """The :class:`~virtcore.hw.isa.Instruction` a row's JSON data describes — the same type as
+    the rows of :data:`virtcore.hw.TABLE`, so ``treatment`` sees a made-up row exactly as it
+    sees a real one.
+
+    >>> from virtcore.hw.isa import ISA
+    >>> row_from_json(row_to_json(ISA["cli"])) == ISA["cli"]
+    True
+    """
+    from virtcore.hw.isa import Instruction, Kind, Sensitivity
+
+    return Instruction(str(data["mnemonic"]), int(data["opcode"]),
+                       tuple(str(o) for o in data["operands"]), str(data["semantics"]),
+                       Kind(data["kind"]), bool(data["privileged"]),
+                       Sensitivity(data["sensitivity"]), str(data.get("note", "")))
+
+
+def answer_rows(treatment: Callable[[Any], Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ask ``treatment`` about every row, in order: its answers as JSON data.
+
+    A string answer is kept as it is (clipped), anything else becomes ``"not a string: …"``.
+    An exception stops the questions and is recorded under ``"error"`` (which row, the
+    exception's type, the student's own traceback).  Whether an answer is right is not known
+    here.
+
+    >>> from virtcore.hw.isa import ISA
+    >>> rows = [row_to_json(ISA[m]) for m in ("add", "cli")]
+    >>> answer_rows(lambda row: row.mnemonic.upper(), rows)
+    {'answers': ['ADD', 'CLI']}
+    >>> answer_rows(lambda row: None, rows)["answers"]
+    ['not a string: None', 'not a string: None']
+    >>> answer_rows(lambda row: 1 / 0, rows)["error"]["type"]
+    'ZeroDivisionError'
+    """
+    answers: list[str] = []
+    out: dict[str, Any] = {"answers": answers}
+    for i, data in enumerate(rows):
+        row = row_from_json(data)
+        try:
+            got = treatment(row)
+        except MemoryError:
+            raise
+        except Exception as e:
+            from autograder.worker import student_traceback
+
+            out["error"] = {"at": i, "type": type(e).__name__,
+                            "message": student_traceback(e)}
+            break
+        if type(got) is str:
+            answers.append(got if len(got) <= _MAX_ANSWER else got[: _MAX_ANSWER - 1] + "…")
+        else:
+            answers.append(f"not a string: {_num(got)}")
+    return out
+
+
+# ------------------------------------------------------------------------- the harness API
 
 def worker_setup(grade_id: str) -> dict[str, Callable[..., Any]]:
     """In the worker, before student code: the handlers *other* parts are graded on.
 
     Taken by name from :mod:`virtcore.vmm.handlers`; in the sandbox the part's own handlers
-    are redacted there, so they are never among them.
+    are redacted there, so they are never among them.  The design part runs no guest: none.
+
+    >>> worker_setup(DESIGN)
+    {}
+    >>> sorted(worker_setup("handlers_io"))[:3]
+    ['cli', 'hcall', 'hlt']
     """
+    if grade_id == DESIGN:
+        return {}
     from virtcore.vmm import handlers as h
 
     return {m: getattr(h, f"handle_{m}") for m in ALL_HANDLED
@@ -181,9 +269,22 @@ def worker_setup(grade_id: str) -> dict[str, Callable[..., Any]]:
 
 def build(namespace: dict[str, Any], grade_id: str,
           setup: dict[str, Callable[..., Any]]) -> dict[str, Any]:
-    """The student's handlers for the part, from the executed cells (BuildError if missing)."""
+    """The student's handlers for the part (or ``treatment`` for the design part), from the
+    executed cells (BuildError if missing).
+
+    >>> build({"treatment": len}, DESIGN, {})["treatment"] is len
+    True
+    """
     from autograder.worker import BuildError
 
+    if grade_id == DESIGN:
+        fn = namespace.get("treatment")
+        if fn is None:
+            raise BuildError(f"treatment is not defined: the cell {DESIGN} must define"
+                             " treatment(row)")
+        if not callable(fn):
+            raise BuildError(f"treatment is not a function (it is {type(fn).__name__})")
+        return {"treatment": fn}
     mine: dict[str, Callable[..., Any]] = {}
     missing = []
     for m in HANDLERS[grade_id]:
@@ -202,7 +303,7 @@ def build(namespace: dict[str, Any], grade_id: str,
 
 
 def run_case(impl: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
-    """In the worker: the student's trace of one case."""
+    """In the worker: the student's trace of one case (a guest), or their answers (ISA rows)."""
+    if "treatment" in impl:
+        return answer_rows(impl["treatment"], list(case["rows"]))
     return trace_guest(impl["handlers"], case, impl["student"])
-
-

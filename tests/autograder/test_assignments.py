@@ -13,6 +13,7 @@ from autograder.assignments import a1_trap_and_emulate as a1
 from autograder.assignments import a2_credit_scheduler as a2
 from autograder.grade import _seed_fn, hidden_seed_key, run_visible
 from autograder.spec import AssignmentSpec, Check, GradingError, Part
+from virtcore.hw.isa import ISA, TABLE
 from virtcore.sched import RoundRobin
 from virtcore.sched.credit import Credit
 from virtcore.vmm.handlers import HandlerTable
@@ -66,6 +67,8 @@ def test_visible_cases_are_public_hidden_cases_are_per_student_and_deterministic
 def test_a1_hidden_guests_exercise_the_part_and_the_reference_passes_them():
     ref = dict(HandlerTable.reference())
     for part in a1.SPEC.parts:
+        if part.grade_id == a1.DESIGN:  # no guest: see the design tests below
+            continue
         mine = set(a1.HANDLERS[part.grade_id])
         for check in part.checks:
             for case in a1.cases(part, check, _seeds("dave", a1.SPEC, check)):
@@ -74,6 +77,56 @@ def test_a1_hidden_guests_exercise_the_part_and_the_reference_passes_them():
                 if check.hidden:
                     assert any(r[2] in mine for r in trace["traps"])
                     assert trace["stop"] == "halted"
+
+
+def test_a1_design_cases_the_rule_passes_and_a_memorised_table_fails():
+    part = a1.SPEC.part(a1.DESIGN)
+    rule = {"treatment": lambda row: "trap" if row.privileged else
+            "translate" if row.sensitive else "direct"}
+    known = {r.mnemonic: a1.treatment(a1.row_to_json(r)) for r in TABLE}
+    memo = {"treatment": lambda row: known.get(row.mnemonic, "direct")}
+    for check in part.checks:
+        for case in a1.cases(part, check, _seeds("erin", a1.SPEC, check)):
+            assert a1.compare(part, check, case, a1.run_case(rule, case)) is None
+            verdict = a1.compare(part, check, case, a1.run_case(memo, case))
+            assert (verdict is None) == (check.name == "design_table"), verdict
+            if check.name != "design_table":
+                names = [r["mnemonic"] for r in case["rows"]]
+                assert len(set(names)) == len(names) and not set(names) & set(ISA)
+                combos = {(r["privileged"], r["sensitivity"]) for r in case["rows"]}
+                assert len(combos) == 6  # every combination: one wrong branch fails the case
+
+
+def test_a1_design_messages_name_the_row_and_its_attributes():
+    part = a1.SPEC.part(a1.DESIGN)
+    table = part.check("design_table")
+    case = a1.cases(part, table, lambda k: k)[0]
+    n = len(TABLE)
+    popf = next(i for i, r in enumerate(TABLE) if r.mnemonic == "popf")
+
+    def answers(**override):
+        return [override.get(r.mnemonic, a1.treatment(a1.row_to_json(r))) for r in TABLE]
+
+    msg = a1.compare(part, table, case, {"answers": answers(popf="trap")})
+    assert msg is not None and msg.startswith(f"row {popf + 1} of {n}, `popf` (flags ← pop;")
+    assert "not privileged (no trap in user mode), control-sensitive" in msg
+    assert msg.endswith("expected 'translate', got 'trap'")
+    msg = a1.compare(part, table, case, {"answers": answers(add="Direct")})
+    assert msg is not None and "(an answer is one of 'direct', 'trap', 'translate')" in msg
+    raised = a1.run_case({"treatment": lambda row: {"nop": "direct"}[row.mnemonic]}, case)
+    msg = a1.compare(part, table, case, raised)
+    assert msg is not None and msg.startswith("row 2 of") and "treatment(row) raised" in msg
+    assert "KeyError" in msg
+    assert a1.compare(part, table, case, {"answers": "trap"}) == (
+        "the worker returned no usable answers for these rows")
+    assert a1.compare(part, table, case, {"answers": answers()[:-1]}).endswith(
+        "no answer came back")
+    from autograder.worker import BuildError
+
+    with pytest.raises(BuildError, match="treatment is not defined: the cell design_treatment"):
+        a1.build({}, a1.DESIGN, {})
+    with pytest.raises(BuildError, match="treatment is not a function"):
+        a1.build({"treatment": "trap"}, a1.DESIGN, {})
 
 
 def test_a1_messages_name_the_first_divergence():

@@ -8,6 +8,7 @@ part must get exactly its own outcome, which is the point of per-part isolation.
 
 from __future__ import annotations
 
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -18,8 +19,8 @@ from autograder.assignments import a1_trap_and_emulate as a1
 from autograder.grade import feedback_text
 
 A1 = "a1_trap_and_emulate"
-FULL = {"handlers_interrupt_flag": 10.0, "handlers_io": 10.0, "handlers_control": 15.0,
-        "popf_binary_translation": 10.0}
+FULL = {"design_treatment": 5.0, "handlers_interrupt_flag": 5.0, "handlers_io": 10.0,
+        "handlers_control": 15.0, "popf_binary_translation": 10.0}
 
 
 def test_correct_solution_scores_full_marks_whatever_the_test_cells(course, ag):
@@ -41,7 +42,7 @@ def test_close_but_wrong_and_crashes_cost_only_their_parts(course, ag):
     result = course.grade_cells(A1, cells)
     got = ag.scores(result)
     flag = result.part("handlers_interrupt_flag")
-    assert flag.status == "ok" and flag.score < 10
+    assert flag.status == "ok" and flag.score < 5
     hidden = next(c for c in flag.checks if c.hidden)
     # hidden: the student reads the divergence, never the seed; the instructor gets both
     assert not hidden.passed and hidden.seed is None and "seed=" not in hidden.message
@@ -90,7 +91,7 @@ def test_integrity_violations_score_zero_on_their_part(course, ag):
 def test_patching_at_run_time_cannot_raise_a_score(course, ag):
     result = course.grade_cells(A1, ag.submission_cells(A1, "a1_patches_at_runtime.py"))
     got = ag.scores(result)
-    assert got["handlers_interrupt_flag"][0] < 10
+    assert got["handlers_interrupt_flag"][0] < 5
     assert {k: v for k, v in got.items() if k != "handlers_interrupt_flag"} == {
         gid: (pts, "ok") for gid, pts in FULL.items() if gid != "handlers_interrupt_flag"}
 
@@ -154,6 +155,7 @@ def test_missing_cell_cells_out_of_order_and_a_crashing_cell(course, ag):
         # os._exit at the top level of a cell: the cell is dropped when other parts are graded
         ("handlers_interrupt_flag", "import os\nos._exit(3)\n"),
         # popf_binary_translation: the student deleted the cell
+        ("design_treatment", good["design_treatment"]),
     ]
     result = course.grade_cells(A1, cells)
     got = ag.scores(result)
@@ -162,6 +164,7 @@ def test_missing_cell_cells_out_of_order_and_a_crashing_cell(course, ag):
     assert got["handlers_io"] == (10.0, "ok")
     assert got["handlers_interrupt_flag"] == (0.0, "crashed")
     assert got["popf_binary_translation"] == (0.0, "missing")
+    assert got["design_treatment"] == (5.0, "ok")  # graded last in the notebook: no matter
 
 
 def test_corrupt_and_missing_notebooks(course, ag, tmp_path):
@@ -226,3 +229,61 @@ def test_feedback_names_seeds_and_divergences_but_no_test_code(course, ag):
     nb = nbformat.read(course.sources[A1], as_version=4)
     assert not any(c.source in text for c in nb.cells
                    if c.metadata.get("nbgrader", {}).get("grade"))
+
+
+# -- the design part: treatment(row) on the real table, public and hidden made-up ISAs ------
+
+def _design(result):
+    part = result.part("design_treatment")
+    return part, {c.name: c for c in part.checks}
+
+
+def test_design_memorised_from_the_real_table_fails_every_made_up_isa(course, ag):
+    result = course.grade_cells(A1, ag.submission_cells(A1, "a1_design_memorises_table.py"))
+    part, checks = _design(result)
+    assert (part.score, part.status) == (1.0, "ok")
+    assert checks["design_table"].passed
+    assert checks["design_public"].points == 0 and checks["design_hidden"].points == 0
+    hidden = checks["design_hidden"]
+    # the student reads the row in words, never the seed; the instructor gets both
+    assert "hidden made-up ISA #1" in hidden.message and "seed=" not in hidden.message
+    assert "seed=" in hidden.instructor
+    # which row fails first depends on the draw: a sensitive or privileged one, guessed 'direct'
+    wrong = r"row \d+ of 12, `[a-z]+` \(.*\): .*expected '(trap|translate)', got 'direct'$"
+    assert re.search(wrong, hidden.message), hidden.message
+    assert {g: s for g, (s, _) in ag.scores(result).items() if g != "design_treatment"} == {
+        g: pts for g, pts in FULL.items() if g != "design_treatment"}
+    assert result.score == 41
+
+
+def test_design_that_lets_every_sensitive_instruction_trap_scores_zero(course, ag):
+    result = course.grade_cells(A1, ag.submission_cells(A1, "a1_design_sensitive_traps.py"))
+    part, checks = _design(result)
+    assert (part.score, part.status) == (0.0, "ok")
+    table = checks["design_table"].message
+    assert "`pushf`" in table and "not privileged (no trap in user mode)" in table
+    assert "expected 'translate', got 'trap'" in table
+    assert "expected 'translate', got 'trap'" in checks["design_hidden"].message
+    assert result.score == 40
+
+
+def test_design_that_runs_privileged_innocuous_rows_directly_passes_only_the_table(course, ag):
+    # the real table has no privileged innocuous row: only the made-up ISAs catch this rule
+    result = course.grade_cells(
+        A1, ag.submission_cells(A1, "a1_design_privileged_innocuous_direct.py"))
+    part, checks = _design(result)
+    assert (part.score, part.status) == (1.0, "ok")
+    assert checks["design_table"].passed and not checks["design_public"].passed
+    assert "privileged (traps with #GP in user mode), innocuous" in checks["design_hidden"].message
+    assert "expected 'trap', got 'direct'" in checks["design_hidden"].message
+
+
+def test_design_cannot_call_the_library_classifier(course, ag):
+    cell = ("from virtcore.vmm import classify\n\n\n"
+            "def treatment(row):\n"
+            "    c = classify([row])\n"
+            "    return 'translate' if c.violations else 'trap' if row.privileged else 'direct'\n")
+    result = course.grade_cells(A1, ag.submission_cells(A1, design_treatment=cell))
+    part = result.part("design_treatment")
+    assert (part.score, part.status) == (0.0, "integrity")
+    assert "virtcore.vmm.popek.classify" in part.reason

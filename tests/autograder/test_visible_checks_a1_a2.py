@@ -50,6 +50,18 @@ def handle_popf(vcpu, insn):
     vcpu.pc += 4
     return Action.CONTINUE
 '''
+SENSITIVE_TRAPS = '''
+def treatment(row):
+    return "trap" if row.sensitive else "direct"  # forgets that popf/pushf never trap
+'''
+MEMORISED = '''
+KNOWN = {**dict.fromkeys("cli sti hlt in out rdcr wrcr iret invlpg".split(), "trap"),
+         **dict.fromkeys(["pushf", "popf"], "translate")}
+
+
+def treatment(row):
+    return KNOWN.get(row.mnemonic, "direct")
+'''
 NO_STEAL = '''
 def steal(sched, cpu, pri):
     return None
@@ -158,6 +170,22 @@ def test_a1_popf_without_the_user_mode_rule_passes_both(tmp_path):
     # Guest user code runs directly under binary translation: handle_popf is only ever
     # called in the guest's kernel mode, by the grader and by the notebook alike.
     _agree(A1, {"popf_binary_translation": POPF_IGNORES_USER_MODE}, tmp_path, set())
+
+
+def test_a1_design_that_forgets_popf_fails_notebook_and_grader_alike(tmp_path):
+    _agree(A1, {"design_treatment": SENSITIVE_TRAPS}, tmp_path, {"design_treatment"})
+    msg = _notebook_verdict(_namespace(A1, {"design_treatment": SENSITIVE_TRAPS}),
+                            _test_cell(A1, "design_treatment")[0])
+    assert msg is not None and msg.startswith("design_table: 0/1 cases passed; first failure")
+    assert "`pushf`" in msg and "expected 'translate', got 'trap'" in msg
+
+
+def test_a1_design_memorised_passes_the_table_fails_the_made_up_isas_alike(tmp_path):
+    _agree(A1, {"design_treatment": MEMORISED}, tmp_path, {"design_treatment"})
+    ns = _namespace(A1, {"design_treatment": MEMORISED})
+    msg = _notebook_verdict(ns, _test_cell(A1, "design_treatment")[0])
+    assert msg is not None and msg.startswith("design_public: 0/3 cases passed")
+    assert _notebook_verdict(ns, _test_cell(A1, "design_treatment")[1]) is not None  # hidden
 
 
 def test_a2_no_cap_and_no_steal_fail_notebook_and_grader_alike(tmp_path):

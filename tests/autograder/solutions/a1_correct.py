@@ -3,6 +3,17 @@
 # The notebook's set-up cells (the preamble, see the tests) import Action, CR, Privilege,
 # TrapCause, CR0_PG, ESTATUS_USER, FLAG_IF and MASK32.
 
+# %% design_treatment
+def treatment(row):
+    # the guest kernel runs deprivileged: what traps there reaches the VMM by itself
+    if row.privileged:
+        return "trap"
+    # sensitive, yet no trap: it would run with the wrong effect, unseen
+    if row.sensitive:
+        return "translate"
+    return "direct"
+
+
 # %% handlers_interrupt_flag
 def handle_cli(vcpu, insn):
     vcpu.interrupts_enabled = False  # the *virtual* IF
