@@ -39,7 +39,7 @@ def _explorer() -> tuple[Callable[[], None], Callable[[], None]]:
     from virtcore.viz import arch as va
 
     w = va.architecture_explorer()
-    changes = []
+    changes: list[tuple[str, Any]] = []
     for arch in ("hosted", "bare-metal", "os-level", "hybrid"):
         changes.append(("architecture", arch))
         for event in ("io", "syscall", "privileged_instruction"):

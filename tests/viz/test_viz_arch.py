@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from typing import Any
 
 import matplotlib
 import pytest
@@ -380,6 +381,47 @@ def test_isolation_explorer_shows_who_is_affected() -> None:
     w.controls["fault"].value = "hypervisor_crash"
     w.controls["guest"].value = 3
     assert "(4 of 4)" in w.text.value and "started in vm3" in w.text.value
+
+
+def _pixels(png: bytes) -> Any:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+@pytest.mark.parametrize("scene", [
+    ("explorer", ("hosted", "io", False)), ("explorer", ("hybrid", "io", True)),
+    ("explorer", ("hybrid", "syscall", False)), ("isolation", ("hybrid", "kernel_crash", 2, 3)),
+    ("isolation", ("os-level", "kernel_crash", 1, 3)),
+    ("isolation", ("bare-metal", "vmm_crash", 1, 3)),
+])
+def test_a_widget_draws_over_its_kept_stack_the_picture_of_a_new_figure(scene) -> None:
+    """Blitting (the plain stack kept, a scene drawn over it) gives the pixels draw_stack gives."""
+    kind, args = scene
+    s = va._explorer_scene(*args) if kind == "explorer" else va._isolation_scene(*args)
+    canvas = va._StackCanvas(s.stack)
+    other = va._Scene(s.stack, "", failed=(s.stack.layers[-1].name,), title="another scene")
+    first = _pixels(canvas.png(other))  # drawn and taken away again before the scene
+    kept, fresh = _pixels(canvas.png(s)), _pixels(va._png(s.figure()))
+    assert kept.shape == fresh.shape == first.shape
+    assert (abs(kept - fresh).max(axis=2) > 40).sum() == 0  # anti-aliasing aside, the same
+    assert (abs(kept - first).max(axis=2) > 40).sum() > 0  # and not the other scene's
+    with pytest.raises(ViewError):
+        canvas.png(va._explorer_scene("os-level", "io", False))
+
+
+def test_the_kept_cost_chart_draws_the_picture_of_a_new_figure() -> None:
+    chart = va._CostChart()
+    for weights, assist in ((("io", 1.0),), True), ((("compute", 0.9), ("syscall", 0.1)), False):
+        rows, base, text = va._overhead_scene(weights, assist)
+        fig, words = va._overhead_view(dict(weights), assist)
+        assert words == text
+        kept, fresh = _pixels(chart.png(rows, base)), _pixels(va._png(fig))
+        assert kept.shape == fresh.shape
+        assert (abs(kept - fresh).max(axis=2) > 40).sum() == 0
 
 
 def test_view_functions_make_figures_outside_pyplot() -> None:

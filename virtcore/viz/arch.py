@@ -572,57 +572,79 @@ def draw_stack(
             )
     use_zh = _use_chinese(chinese)
     ax = _new_axes(ax, _stack_size(stack, layout))
-    patches = require("matplotlib.patches")
     on_path = set(path.layers) if path is not None else set()
-    kinds = {layer.name: layer for layer in stack.layers}
-    fig_w = ax.figure.get_figwidth() * ax.get_position().width
-    cols = max((b.x1 for b in layout.values()), default=1.0)
-    pt_per_col = fig_w * 72 / (cols + 0.1)
+    draw = _box_drawer(ax, stack, layout, use_zh, compact)
     with _quiet_glyphs():
-        for name, box in layout.items():
-            layer = kinds[name]
-            dead = name in failed_set
-            rect = patches.FancyBboxPatch(
-                (box.x0 + _MARGIN, _bottom(box)),
-                box.width - 2 * _MARGIN,
-                _top(box) - _bottom(box),
-                boxstyle="round,pad=0,rounding_size=0.04",
-                facecolor=_FAILED_FILL if dead else LAYER_COLOURS[layer.kind],
-                edgecolor=_FAILED_EDGE if dead else ("black" if name in on_path else "0.45"),
-                linewidth=2.2 if (name in on_path or dead) else 0.9,
-                hatch="//" if dead else None,
-                zorder=1.5 if box.inset_of else 1,
-            )
-            ax.add_patch(rect)
-            lines = [name + (" ✗" if dead else "")]
-            if use_zh and layer.chinese:
-                zh = _chinese_lines(layer.chinese)
-                lines += zh[:1] if compact else zh
-            size = _label_size(lines, (box.width - 2 * _MARGIN) * pt_per_col * 0.92, 8.5)
-            text = "\n".join(lines)
-            ax.text(
-                box.x0 + 2 * _MARGIN,
-                box.level + _BOX_HEIGHT / 2,
-                text,
-                ha="left",
-                va="center",
-                fontsize=size,
-                zorder=2.5 if box.inset_of else 2,
-                color=_FAILED_EDGE if dead else "black",
-                **_text_kwargs(text),
-            )
+        for name in layout:
+            draw(name, dead=name in failed_set, on_path=name in on_path)
         _draw_links(ax, stack, layout)
         if path is not None:
             _draw_path(ax, path, layout)
             if legend:
                 _path_legend(ax, path)
     top = max((b.level for b in layout.values()), default=0) + _BOX_HEIGHT
-    ax.set_xlim(-0.05, cols + 0.05)
+    ax.set_xlim(-0.05, max((b.x1 for b in layout.values()), default=1.0) + 0.05)
     ax.set_ylim(-0.15, top + 0.2)
     ax.set_axis_off()
-    head = title if title is not None else _title(stack, use_zh)
-    ax.set_title(head, fontsize=10, **_text_kwargs(head))
+    _set_title(ax, title if title is not None else _title(stack, use_zh))
     return ax
+
+
+def _set_title(ax: Any, head: str) -> None:
+    """The axes' title at a fixed height (``y=1``): no layout pass to place it above the axes."""
+    ax.set_title(head, fontsize=10, y=1.0, **_text_kwargs(head))
+
+
+def _box_drawer(
+    ax: Any, stack: Stack, layout: Mapping[str, Box], use_zh: bool, compact: bool
+) -> Any:
+    """``draw(name, dead=..., on_path=..., border_only=False)``: add a layer's box and label to ax.
+
+    ``border_only`` adds just the thick border of a box on a path (a widget draws it over the
+    plain box it keeps).  Patches are added with ``add_artist``: the axes' limits are set by
+    :func:`draw_stack`, so ``add_patch``'s update of the data limits would be wasted work.
+    """
+    patches = require("matplotlib.patches")
+    kinds = {layer.name: layer for layer in stack.layers}
+    fig_w = ax.figure.get_figwidth() * ax.get_position().width
+    cols = max((b.x1 for b in layout.values()), default=1.0)
+    pt_per_col = fig_w * 72 / (cols + 0.1)
+
+    def draw(name: str, *, dead: bool, on_path: bool, border_only: bool = False) -> None:
+        layer, box = kinds[name], layout[name]
+        ax.add_artist(patches.FancyBboxPatch(
+            (box.x0 + _MARGIN, _bottom(box)),
+            box.width - 2 * _MARGIN,
+            _top(box) - _bottom(box),
+            boxstyle="round,pad=0,rounding_size=0.04",
+            facecolor="none" if border_only else (
+                _FAILED_FILL if dead else LAYER_COLOURS[layer.kind]),
+            edgecolor=_FAILED_EDGE if dead else ("black" if on_path else "0.45"),
+            linewidth=2.2 if (on_path or dead) else 0.9,
+            hatch="//" if dead else None,
+            zorder=1.5 if box.inset_of else 1,
+        ))
+        if border_only:
+            return
+        lines = [name + (" ✗" if dead else "")]
+        if use_zh and layer.chinese:
+            zh = _chinese_lines(layer.chinese)
+            lines += zh[:1] if compact else zh
+        size = _label_size(lines, (box.width - 2 * _MARGIN) * pt_per_col * 0.92, 8.5)
+        text = "\n".join(lines)
+        ax.text(
+            box.x0 + 2 * _MARGIN,
+            box.level + _BOX_HEIGHT / 2,
+            text,
+            ha="left",
+            va="center",
+            fontsize=size,
+            zorder=2.5 if box.inset_of else 2,
+            color=_FAILED_EDGE if dead else "black",
+            **_text_kwargs(text),
+        )
+
+    return draw
 
 
 def _draw_links(ax: Any, stack: Stack, layout: Mapping[str, Box]) -> None:
@@ -695,7 +717,7 @@ def _draw_path(ax: Any, path: Path, layout: Mapping[str, Box]) -> None:
             start, end = (sx, sy), (dx, dy)
             ly = sy + (gap / 2 if up else -gap / 2) + (0.05 if k % 2 else -0.05) * side
             label_at = (sx + (dx - sx) * (ly - sy) / (dy - sy), ly)
-        ax.add_patch(
+        ax.add_artist(  # not add_patch: the limits are set, no data-limit update
             patches.FancyArrowPatch(
                 start, end, arrowstyle="-|>", mutation_scale=11, color=colour,
                 linewidth=1.6, zorder=4, shrinkA=0, shrinkB=0,
@@ -908,6 +930,32 @@ def _png(fig: Any, dpi: int = 72) -> bytes:
     return buf.getvalue()
 
 
+#: The resolution of a widget's picture (what :func:`_png` renders at).
+_WIDGET_DPI = 72
+
+
+def _canvas_png(canvas: Any) -> bytes:
+    """What an Agg canvas holds now, as PNG bytes (lightly compressed, as :func:`_png` does).
+
+    The widgets' figures are opaque (white background), so the alpha channel is dropped.
+    """
+    image = require("PIL.Image")
+    pixels = canvas.buffer_rgba()
+    height, width = pixels.shape[:2]
+    buf = io.BytesIO()
+    rgba = image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1)
+    rgba.convert("RGB").save(buf, format="png", compress_level=1)  # opaque: no alpha to encode
+    return buf.getvalue()
+
+
+def _widget_figure(size: tuple[float, float], **margins: float) -> tuple[Any, Any]:
+    """A figure a widget keeps, with its own Agg canvas: ``(figure, canvas)``."""
+    backend = require("matplotlib.backends.backend_agg")
+    fig = _figure(size, **margins)
+    fig.set_dpi(_WIDGET_DPI)
+    return fig, backend.FigureCanvasAgg(fig)
+
+
 def _message_figure(message: str, size: tuple[float, float] = (6.5, 2.0)) -> Any:
     fig = _figure(size)
     ax = fig.subplots()
@@ -918,6 +966,144 @@ def _message_figure(message: str, size: tuple[float, float] = (6.5, 2.0)) -> Any
 
 def _overhead(path: Path, model: CostModel) -> float:
     return sum(model.step_cost(s) for s in path.steps if s.kind.is_virtualization_overhead)
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """One choice of a stack explorer, as data: the stack, what is marked on it, the words.
+
+    ``path`` is drawn as numbered arrows and ``failed`` layers in red; ``title`` None is
+    the stack's own (:func:`draw_stack`).  :meth:`figure` draws it on a new figure;
+    a widget draws it faster over its kept picture of the stack (:class:`_StackCanvas`).
+    """
+
+    stack: Stack
+    text: str
+    path: Path | None = None
+    failed: tuple[str, ...] = ()
+    title: str | None = None
+
+    def figure(self) -> Any:
+        """A new figure (outside pyplot) with the scene drawn by :func:`draw_stack`."""
+        fig = _figure(_stack_size(self.stack, stack_layout(self.stack)), right=0.99)
+        draw_stack(self.stack, self.path, fig.subplots(), failed=self.failed, compact=True,
+                   legend=False, title=self.title)  # the widget's text has the colour key
+        return fig
+
+
+class _StackCanvas:
+    """A stack's picture kept by a widget: the plain stack rendered once, each scene drawn over it.
+
+    Rendering a whole figure per control change spends most of a widget's time on text. Here the
+    part that never changes — every box in its ordinary state, the dotted links — is rendered
+    once and saved; a scene restores that background and draws only what differs from it: the
+    boxes on the path or failed (with the boxes inset in them), the path's arrows and the title
+    (matplotlib's blitting). The picture is the one :meth:`_Scene.figure` gives.
+
+    >>> from virtcore.arch import hosted
+    >>> scene = _explorer_scene("hosted", "io", False)
+    >>> canvas = _StackCanvas(scene.stack)
+    >>> canvas.png(scene).startswith(b"\\x89PNG")
+    True
+    >>> len(canvas.ax.get_children()) == canvas.children  # what a scene drew is gone again
+    True
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.layout = stack_layout(stack)
+        self.use_zh = _use_chinese(None)
+        self.fig, self.canvas = _widget_figure(_stack_size(stack, self.layout), right=0.99)
+        self.ax = self.fig.subplots()
+        draw_stack(stack, None, self.ax, compact=True, title="", chinese=self.use_zh)
+        with _quiet_glyphs():
+            self.canvas.draw()
+        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self.children = len(self.ax.get_children())
+        self.title_font = self.ax.title.get_fontproperties().copy()
+
+    def png(self, scene: _Scene) -> bytes:
+        """The scene over the kept stack, as PNG bytes."""
+        if scene.stack != self.stack:
+            raise ViewError(f"a scene of {scene.stack.name!r} on the canvas of {self.stack.name!r}")
+        ax, layout = self.ax, self.layout
+        before = set(map(id, ax.get_children()))
+        on_path = set(scene.path.layers) if scene.path is not None else set()
+        failed = set(scene.failed)
+        # a failed box is drawn anew (red, hatched, its label crossed), and the boxes inset in
+        # it over it; a box on the path only gets its thick border
+        redrawn = failed | {n for n, b in layout.items() if b.inset_of in failed}
+        draw = _box_drawer(ax, self.stack, layout, self.use_zh, compact=True)
+        with _quiet_glyphs():
+            for name in layout:  # in draw_stack's order
+                if name in redrawn:
+                    draw(name, dead=name in failed, on_path=name in on_path)
+                elif name in on_path:
+                    draw(name, dead=False, on_path=True, border_only=True)
+            if scene.path is not None:
+                _draw_path(ax, scene.path, layout)
+            new = [a for a in ax.get_children() if id(a) not in before]
+            _set_title(ax, scene.title if scene.title is not None
+                       else _title(self.stack, self.use_zh))
+            self.canvas.restore_region(self.background)
+            for artist in sorted(new, key=lambda a: a.get_zorder()):  # stable: insertion order
+                ax.draw_artist(artist)
+            ax.draw_artist(ax.title)
+        for artist in new:
+            artist.remove()
+        ax.title.set_text("")
+        ax.title.set_fontproperties(self.title_font)  # the next title starts from the default
+        return _canvas_png(self.canvas)
+
+
+def _stack_renderer() -> Any:
+    """``render(scene) -> PNG bytes``, keeping one :class:`_StackCanvas` per stack it meets."""
+    canvases: dict[Stack, _StackCanvas] = {}
+
+    def render(scene: _Scene) -> bytes:
+        if scene.stack not in canvases:
+            canvases[scene.stack] = _StackCanvas(scene.stack)
+        return canvases[scene.stack].png(scene)
+
+    return render
+
+
+@functools.lru_cache(maxsize=256)
+def _explorer_scene(
+    arch: Architecture | str,
+    event: Event | str,
+    assist: bool,
+    model: CostModel = DEFAULT_MODEL,
+    guests: int = 2,
+) -> _Scene:
+    """The scene of :func:`_explorer_view` (pure, cached: a widget meets the same choices again).
+
+    >>> scene = _explorer_scene("bare-metal", "syscall", True)
+    >>> scene.path.count("trap"), "vm_exit" in scene.text
+    (0, False)
+    """
+    stack = stack_for(arch, guests)
+    ev = Event(event)
+    kind = classify(stack)
+    head = (
+        f"{stack.name} ({stack.chinese}) · {ev.value} ({ev.chinese}) · "
+        f"{'with' if assist else 'without'} hardware assist · {kind.type.value}"
+    )
+    try:
+        path = event_path(stack, ev, hardware_assist=assist)
+    except ArchitectureError as exc:
+        return _Scene(stack, f"{head}\n\n{exc}")
+    total = path_cost(path, model)
+    over = _overhead(path, model)
+    share = f"{over / total:.0%}" if total else "—"
+    names = {layer.name: layer.chinese for layer in stack.layers}
+    visited = " · ".join(f"{n} {names[n]}" for n in dict.fromkeys(path.layers))
+    text = (
+        f"{head}\n{ev.description}\nlayers on the path: {visited}\n\n{path.describe(model)}\n"
+        f"  virtualization overhead: {over:g} of {total:g} ({share}) — the steps that exist "
+        "only because of virtualization"
+    )
+    return _Scene(stack, text, path=path)
 
 
 def _explorer_view(
@@ -942,37 +1128,64 @@ def _explorer_view(
     >>> "needs hardware virtualization" in text
     True
     """
-    stack = stack_for(arch, guests)
-    ev = Event(event)
-    kind = classify(stack)
-    head = (
-        f"{stack.name} ({stack.chinese}) · {ev.value} ({ev.chinese}) · "
-        f"{'with' if assist else 'without'} hardware assist · {kind.type.value}"
-    )
-    try:
-        path = event_path(stack, ev, hardware_assist=assist)
-    except ArchitectureError as exc:
-        fig = _figure(_stack_size(stack, stack_layout(stack)), right=0.99)
-        draw_stack(stack, None, fig.subplots(), compact=True)
-        return fig, f"{head}\n\n{exc}"
-    fig = _figure(_stack_size(stack, stack_layout(stack)), right=0.99)
-    draw_stack(stack, path, fig.subplots(), legend=False, compact=True)  # the text has the key
-    total = path_cost(path, model)
-    over = _overhead(path, model)
-    share = f"{over / total:.0%}" if total else "—"
-    names = {layer.name: layer.chinese for layer in stack.layers}
-    visited = " · ".join(f"{n} {names[n]}" for n in dict.fromkeys(path.layers))
-    text = (
-        f"{head}\n{ev.description}\nlayers on the path: {visited}\n\n{path.describe(model)}\n"
-        f"  virtualization overhead: {over:g} of {total:g} ({share}) — the steps that exist "
-        "only because of virtualization"
-    )
-    return fig, text
+    scene = _explorer_scene(arch, event, assist, model, guests)
+    return scene.figure(), scene.text
 
 
 _MIX_EVENTS = (
     Event.COMPUTE, Event.SYSCALL, Event.PRIVILEGED_INSTRUCTION, Event.IO, Event.TLB_MISS,
 )
+_EMPTY_MIX = "Set at least one slider above 0: the mix is empty."
+
+#: ``(rows, native cost, text)`` of a mix: what the cost chart shows.
+_CostScene = tuple[tuple[tuple[str, float, dict[CrossingKind, float]], ...], float, str]
+
+
+@functools.lru_cache(maxsize=256)
+def _overhead_scene(
+    weights: tuple[tuple[Any, float], ...], assist: bool, model: CostModel = DEFAULT_MODEL
+) -> _CostScene | None:
+    """The rows, native cost and text of :func:`_overhead_view` (pure, cached); None: empty mix.
+
+    >>> rows, native_cost, text = _overhead_scene((("compute", 0.9), ("io", 0.1)), False)
+    >>> [name for name, _, _ in rows], rows[0][1] == native_cost  # containers: native speed
+    (['os-level', 'bare-metal', 'hosted'], True)
+    """
+    if not any(float(w) > 0 for _, w in weights):
+        return None
+    mix = normalize_mix({k: float(v) for k, v in weights if float(v) > 0})
+    rows = cost_rows(mix, model, assist)
+    base = workload_cost(native(), mix, model)
+    ranking = _ranking([(n, t) for n, t, _ in rows])
+    lines = [
+        f"cost per event of the mix, {'with' if assist else 'without'} hardware assist, "
+        "by crossing kind (teaching units)",
+        "mix: " + ", ".join(f"{e.value} {w:.0%}" for e, w in mix.items()),
+        f"ranking: {ranking}",
+    ]
+    for n, t, _ in rows:
+        lines.append(f"  {n:<11} {t:>10,.1f}   ×{t / base:.2f} of native" if base else f"  {n} {t}")
+    lines.append(f"  {'native':<11} {base:>10,.1f}")
+    if not assist:
+        lines.append("hybrid (KVM) is left out: it needs VT-x / AMD-V (S1.5). Tick the box.")
+    return tuple(rows), base, "\n".join(lines)
+
+
+_COST_SIZE = (6.4, 3.0)
+_COST_MARGINS = {"right": 0.89, "left": 0.12}
+
+
+def _draw_cost_scene(fig: Any, ax: Any, rows: Sequence[tuple[str, float, Any]],
+                     base: float) -> None:
+    fig.subplots_adjust(bottom=0.1, top=0.97)
+    plot_costs(
+        [(n, t) for n, t, _ in rows],
+        ax,
+        breakdown={n: parts for n, _, parts in rows},
+        reference=("native", base),
+        title="",  # the text says what the chart is: a title costs a layout pass
+        legend=False,  # the text shows the colour key
+    )
 
 
 def _overhead_view(
@@ -991,36 +1204,45 @@ def _overhead_view(
     >>> _overhead_view({"io": 0}, True)[1]
     'Set at least one slider above 0: the mix is empty.'
     """
-    if not any(float(w) > 0 for w in weights.values()):
-        return _message_figure("the mix is empty"), (
-            "Set at least one slider above 0: the mix is empty."
-        )
-    mix = normalize_mix({k: float(v) for k, v in weights.items() if float(v) > 0})
-    rows = cost_rows(mix, model, assist)
-    base = workload_cost(native(), mix, model)
-    fig = _figure((6.4, 3.0), right=0.89, left=0.12)
-    fig.subplots_adjust(bottom=0.1, top=0.97)
-    plot_costs(
-        [(n, t) for n, t, _ in rows],
-        fig.subplots(),
-        breakdown={n: parts for n, _, parts in rows},
-        reference=("native", base),
-        title="",  # the text says what the chart is: a title costs a layout pass
-        legend=False,  # the text shows the colour key
-    )
-    ranking = _ranking([(n, t) for n, t, _ in rows])
-    lines = [
-        f"cost per event of the mix, {'with' if assist else 'without'} hardware assist, "
-        "by crossing kind (teaching units)",
-        "mix: " + ", ".join(f"{e.value} {w:.0%}" for e, w in mix.items()),
-        f"ranking: {ranking}",
-    ]
-    for n, t, _ in rows:
-        lines.append(f"  {n:<11} {t:>10,.1f}   ×{t / base:.2f} of native" if base else f"  {n} {t}")
-    lines.append(f"  {'native':<11} {base:>10,.1f}")
-    if not assist:
-        lines.append("hybrid (KVM) is left out: it needs VT-x / AMD-V (S1.5). Tick the box.")
-    return fig, "\n".join(lines)
+    scene = _overhead_scene(tuple(weights.items()), assist, model)
+    if scene is None:
+        return _message_figure("the mix is empty"), _EMPTY_MIX
+    rows, base, text = scene
+    fig = _figure(_COST_SIZE, **_COST_MARGINS)
+    _draw_cost_scene(fig, fig.subplots(), rows, base)
+    return fig, text
+
+
+@functools.lru_cache(maxsize=1)
+def _empty_mix_png() -> bytes:
+    return _png(_message_figure("the mix is empty"))
+
+
+class _CostChart:
+    """The cost chart a widget keeps: one figure and axes, its bars and labels replaced per mix.
+
+    Making a new figure and axes per change costs about a third of a redraw; the kept
+    figure also keeps its renderer, whose cache of text sizes then serves every redraw.
+
+    >>> chart = _CostChart()
+    >>> rows, base, _ = _overhead_scene((("io", 1.0),), True)
+    >>> chart.png(rows, base) == chart.png(rows, base)
+    True
+    """
+
+    def __init__(self) -> None:
+        self.fig, self.canvas = _widget_figure(_COST_SIZE, **_COST_MARGINS)
+        self.ax = self.fig.subplots()
+
+    def png(self, rows: Sequence[tuple[str, float, Any]], base: float) -> bytes:
+        """The chart of ``rows`` (with the native cost ``base``) as PNG bytes."""
+        ax = self.ax
+        for artist in [*ax.collections, *ax.texts, *ax.lines]:
+            artist.remove()
+        _draw_cost_scene(self.fig, ax, rows, base)
+        with _quiet_glyphs():
+            self.canvas.draw()
+        return _canvas_png(self.canvas)
 
 
 def _ranking(rows: Sequence[tuple[str, float]]) -> str:
@@ -1029,6 +1251,41 @@ def _ranking(rows: Sequence[tuple[str, float]]) -> str:
         same = abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
         out += (" = " if same else " < ") + n
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _isolation_scene(
+    arch: Architecture | str, fault: Fault | str, start: int = 1, guests: int = 3
+) -> _Scene:
+    """The scene of :func:`_isolation_view` (pure, cached).
+
+    >>> _isolation_scene("os-level", "kernel_crash").failed
+    ('host kernel', 'container manager', 'ct1 app', 'ct2 app', 'ct3 app')
+    """
+    stack = stack_for(arch, guests)
+    f = Fault(fault)
+    if not 1 <= start <= len(stack.guests):
+        raise ViewError(f"start must be 1..{len(stack.guests)}, got {start}")
+    origin = stack.guests[start - 1]
+    try:
+        out = simulate_fault(stack, f, in_=origin)
+    except ArchitectureError as exc:
+        return _Scene(stack, f"{f.value} in {origin} on {stack.name}: not possible here — {exc}")
+    shared = stack.role("root").name
+    lines = [
+        f"{f.value} started in {origin} on {stack.name} ({stack.chinese})",
+        "failed layers: "
+        + ", ".join(f"{n} {stack.layer(n).chinese}" for n in out.failed_layers),
+        f"affected: {', '.join(out.affected) or 'none'} ({len(out.affected)} of "
+        f"{len(stack.guests)}) — {out.effect}",
+        f"unaffected: {', '.join(out.survivors) or 'none'}",
+    ]
+    if out.host_affected:
+        lines.append(f"the most privileged layer ({shared}) failed: every guest on it goes too")
+    elif len(out.affected) == 1:
+        lines.append("the fault stayed inside one guest: it has a kernel (or process) of its own")
+    return _Scene(stack, "\n".join(lines), failed=tuple(out.failed_layers),
+                  title=f"{stack.name}: {f.value} started in {origin}")
 
 
 def _isolation_view(
@@ -1047,36 +1304,8 @@ def _isolation_view(
     >>> "affected: vm2 (1 of 3)" in text
     True
     """
-    stack = stack_for(arch, guests)
-    f = Fault(fault)
-    if not 1 <= start <= len(stack.guests):
-        raise ViewError(f"start must be 1..{len(stack.guests)}, got {start}")
-    origin = stack.guests[start - 1]
-    try:
-        out = simulate_fault(stack, f, in_=origin)
-    except ArchitectureError as exc:
-        fig = _figure(_stack_size(stack, stack_layout(stack)), right=0.99)
-        draw_stack(stack, None, fig.subplots(), compact=True)
-        return fig, f"{f.value} in {origin} on {stack.name}: not possible here — {exc}"
-    fig = _figure(_stack_size(stack, stack_layout(stack)), right=0.99)
-    draw_stack(
-        stack, None, fig.subplots(), failed=out.failed_layers, compact=True,
-        title=f"{stack.name}: {f.value} started in {origin}",
-    )
-    shared = stack.role("root").name
-    lines = [
-        f"{f.value} started in {origin} on {stack.name} ({stack.chinese})",
-        "failed layers: "
-        + ", ".join(f"{n} {stack.layer(n).chinese}" for n in out.failed_layers),
-        f"affected: {', '.join(out.affected) or 'none'} ({len(out.affected)} of "
-        f"{len(stack.guests)}) — {out.effect}",
-        f"unaffected: {', '.join(out.survivors) or 'none'}",
-    ]
-    if out.host_affected:
-        lines.append(f"the most privileged layer ({shared}) failed: every guest on it goes too")
-    elif len(out.affected) == 1:
-        lines.append("the fault stayed inside one guest: it has a kernel (or process) of its own")
-    return fig, "\n".join(lines)
+    scene = _isolation_scene(arch, fault, start, guests)
+    return scene.figure(), scene.text
 
 
 _KIND_WORD = re.compile(r"\b(" + "|".join(k.value for k in CrossingKind) + r")\b")
@@ -1102,16 +1331,16 @@ def _html(text: str, key: bool = True) -> str:
     )
 
 
-def _panel(view: Any, controls: Mapping[str, Any], *, key: bool = True) -> Any:
-    """A VBox of controls, image and text; ``view()`` returns (Figure, text) for the controls."""
+def _panel(render: Any, controls: Mapping[str, Any], *, key: bool = True) -> Any:
+    """A VBox of controls, image and text; ``render()`` gives (PNG bytes, text) for the controls."""
     widgets = require("ipywidgets")
     image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
     text = widgets.HTML()
 
     def update(_change: Any = None) -> None:
         try:
-            fig, words = view()
-            image.value = _png(fig)
+            png, words = render()
+            image.value = png
         except ArchitectureError as exc:  # misuse of the library: show it, do not crash
             words = f"cannot show this choice: {exc}"
         text.value = _html(words, key)
@@ -1165,7 +1394,13 @@ def architecture_explorer(model: CostModel = DEFAULT_MODEL) -> Any:
     )
     assist = widgets.Checkbox(value=False, description="hardware assist (VT-x / AMD-V)")
     controls = {"architecture": arch, "event": event, "assist": assist}
-    return _panel(lambda: _explorer_view(arch.value, event.value, assist.value, model), controls)
+    draw = _stack_renderer()
+
+    def render() -> tuple[bytes, str]:
+        scene = _explorer_scene(arch.value, event.value, assist.value, model)
+        return draw(scene), scene.text
+
+    return _panel(render, controls)
 
 
 def overhead_explorer(model: CostModel = DEFAULT_MODEL) -> Any:
@@ -1208,10 +1443,17 @@ def overhead_explorer(model: CostModel = DEFAULT_MODEL) -> Any:
     assist = widgets.Checkbox(value=False, description="hardware assist (VT-x / AMD-V)")
     controls = {**sliders, "assist": assist}
 
-    def view() -> tuple[Any, str]:
-        return _overhead_view({k: s.value for k, s in sliders.items()}, assist.value, model)
+    chart = _CostChart()
 
-    box = _panel(view, controls)
+    def render() -> tuple[bytes, str]:
+        weights = tuple((k, s.value) for k, s in sliders.items())
+        scene = _overhead_scene(weights, assist.value, model)
+        if scene is None:
+            return _empty_mix_png(), _EMPTY_MIX
+        rows, base, text = scene
+        return chart.png(rows, base), text
+
+    box = _panel(render, controls)
     # sliders in a column: five on one row do not fit
     box.children = (widgets.VBox([*sliders.values(), assist]), *box.children[1:])
     return box
@@ -1252,11 +1494,13 @@ def isolation_explorer(guests: int = 3) -> Any:
         description="starts in",
     )
     controls = {"architecture": arch, "fault": fault, "guest": start}
-    return _panel(
-        lambda: _isolation_view(arch.value, fault.value, start.value, guests=guests),
-        controls,
-        key=False,
-    )
+    draw = _stack_renderer()
+
+    def render() -> tuple[bytes, str]:
+        scene = _isolation_scene(arch.value, fault.value, start.value, guests)
+        return draw(scene), scene.text
+
+    return _panel(render, controls, key=False)
 
 
 # ---------------------------------------------------------------------------
