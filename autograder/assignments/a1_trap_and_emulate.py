@@ -421,8 +421,9 @@ def treatment(row: dict[str, Any]) -> str:
       run in user mode with the wrong effect and no trap: the VMM must find it before it runs,
       ``"translate"`` (binary translation: the translated code does the instruction on the
       virtual CPU [AA06]);
-    - an **innocuous** unprivileged instruction runs ``"direct"``: efficiency asks that a
-      dominant fraction of instructions run without the monitor.
+    - an **innocuous** unprivileged instruction runs ``"direct"``: their efficiency property
+      has the hardware execute every innocuous instruction with no intervention of the
+      monitor.
 
     Theorem 1 is the case with no row of the second kind: then trap-and-emulate suffices.
 
