@@ -56,3 +56,64 @@ def test_ch0_event_channels_are_chapter_6():
     from virtcore.viz.course import chapter_of
 
     assert chapter_of("S6.3").number == 6
+
+
+# chapter 1 (notebooks/01-architectures.ipynb): facts its cells print or draw, asserted here
+
+
+def test_ch1_bare_metal_has_no_host_os_and_the_hypervisor_sits_on_the_hardware():
+    from virtcore.arch import bare_metal, bare_metal_xen
+
+    assert bare_metal().host_os is None
+    assert [layer.name for layer in bare_metal().below("hypervisor")] == ["hardware"]
+    # a Xen guest's kernel runs on the hypervisor and on Domain 0 (its backends)
+    assert [layer.name for layer in bare_metal_xen().below("vm1 kernel")] == ["hypervisor",
+                                                                              "dom0 kernel"]
+
+
+def test_ch1_a_failing_shared_layer_takes_every_guest():
+    from virtcore.arch import bare_metal, bare_metal_xen, simulate_fault
+
+    every = ("vm1", "vm2", "vm3")
+    assert simulate_fault(bare_metal(guests=3), "hypervisor_crash").affected == every
+    dom0 = simulate_fault(bare_metal_xen(guests=3), "backend_crash", in_="vm2")
+    assert dom0.affected == every and "dom0 kernel" in dom0.failed_layers
+
+
+def test_ch1_containers_share_the_hosts_kernel_and_a_vm_brings_its_own():
+    import pytest
+
+    from virtcore.arch import Host, IncompatibleGuestError, can_run, hosted, os_level
+
+    assert not can_run(os_level(host_os="linux"), "windows").ok
+    assert can_run(hosted(host_os="windows"), "linux").ok
+    with pytest.raises(IncompatibleGuestError):
+        Host("os-level", {"web": "ubuntu", "iis": "windows"})
+
+
+def test_ch1_nested_paging_walks_24_entries_on_a_tlb_miss():
+    from virtcore.arch import Event, bare_metal, event_path
+
+    walks = [event_path(bare_metal(), Event.TLB_MISS, hardware_assist=assist)
+             .count("memory_reference") for assist in (True, False)]
+    assert walks == [(4 + 1) * (4 + 1) - 1, 4]
+
+
+def test_ch1_the_notes_diagrams_classify_like_the_stacks():
+    from virtcore.arch import bare_metal, classify, hosted, hybrid, type1_diagram, type2_diagram
+
+    assert classify(type1_diagram()).type.value == classify(bare_metal()).type.value == "type 1"
+    assert classify(type2_diagram()).type.value == classify(hosted()).type.value == "type 2"
+    assert {view.type.value for view in classify(hybrid()).views} == {"type 1", "type 2"}  # N3
+
+
+def test_ch1_the_notes_spellings_and_what_runs_on_the_hardware():
+    from virtcore.arch import KERNEL_ON_HARDWARE, bare_metal, product, products
+
+    assert (product("Ctrix XenServer").name, product("Readhat KVM").name) == (
+        "Citrix XenServer", "Red Hat KVM")  # N8
+    assert [p for p, kernel in KERNEL_ON_HARDWARE.items() if kernel == "linux"] == ["Red Hat KVM"]
+    assert KERNEL_ON_HARDWARE["Xen"] == "xen" and KERNEL_ON_HARDWARE["VMware ESXi"] == "vmkernel"
+    assert "firmware" in bare_metal(embedded=True).layer("hypervisor").note  # S1.9
+    assert set(products(embedded_in_firmware=True).names()) == {"VMware ESXi Embedded",
+                                                                "Hitachi Virtage"}
