@@ -414,14 +414,20 @@ def cmd_import(args: argparse.Namespace) -> int:
 # -- grade ----------------------------------------------------------------------------------------
 
 
-def _pool_init() -> None:
-    """In each grading process: die with the driver (``PR_SET_PDEATHSIG``), leave Ctrl-C to it.
+def _pool_init(stages: dict[str, Any] | None = None) -> None:
+    """In each grading process: die with the driver (``PR_SET_PDEATHSIG``), leave Ctrl-C to it,
+    and use the sandbox library the driver staged (``stages``: see
+    :func:`autograder.sandbox.prestage`).
 
     So killing ``grade`` (SIGTERM, SIGINT, SIGKILL) kills its pool, and each sandbox dies with
     its pool process (``bwrap --die-with-parent``): nothing is left running.
     """
     import ctypes
     import signal
+
+    from autograder import sandbox
+
+    sandbox.adopt_stages(stages)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
@@ -447,7 +453,14 @@ def _executor(args: argparse.Namespace, n: int) -> Any:
             raise CLIError(str(e)) from None
     jobs = max(1, args.jobs or os.cpu_count() or 1)
     ctx = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=min(jobs, n), mp_context=ctx, initializer=_pool_init)
+    stages = None
+    if getattr(args, "assignment", None):
+        from autograder import sandbox
+
+        with contextlib.suppress(Exception):  # staging fails again in the pool: a fault there
+            stages = sandbox.prestage(get_spec(args.assignment).name)
+    return ProcessPoolExecutor(max_workers=min(jobs, n), mp_context=ctx, initializer=_pool_init,
+                               initargs=(stages,))
 
 
 def _read_capped(path: Path | None) -> bytes | None:

@@ -8,9 +8,12 @@ under 20 student ids — graded twice in one run, each time in a fresh copy of t
   notebook executed: the visible checks and the hidden tests of the test cells);
 - **autograder grade**: ``python -m autograder grade a1_trap_and_emulate`` with the default
   ``--jobs`` (one grading process per core), which runs only the solution cells, each part in
-  its own bubblewrap sandbox (the safe default: namespaces, no course files, an unprivileged
-  user, the part's reference redacted), on the per-submission cases, validates and compares
-  in the grader, and writes the gradebook.
+  a bubblewrap sandbox of its own (the safe default: namespaces, no course files, an
+  unprivileged user, the part's reference redacted) — a fresh child forked for each
+  submission from the part's preloaded worker (``autograder/zygote.py``) — on the
+  per-submission cases, validates and compares in the grader, and writes the gradebook;
+- the same with ``VIRTCORE_ZYGOTE=0`` (a new sandbox and interpreter for every part), to show
+  what the preloaded workers buy.
 
 Both timings are wall-clock seconds of the whole command, start-up included (nbgrader's and
 ours each import nbgrader once, ~3 s).  Target: ours, sandbox on, ≥ 3× nbgrader's throughput
@@ -49,9 +52,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], cwd: Path) -> float:
+def _run(args: list[str], cwd: Path, **env: str) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run(args, cwd=cwd, env={**_env(), **env}, capture_output=True, text=True,
                           check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -141,6 +144,11 @@ def run() -> list[Row]:
                   for i in range(STUDENTS)]
         t_resume = _run([sys.executable, "-m", "autograder", "grade", ASSIGNMENT, "--course",
                          str(ours)], REPO)
+        fresh = _course(root, "fresh", notebook)
+        _run([sys.executable, "-m", "autograder", "release", ASSIGNMENT, "--course",
+              str(fresh)], REPO)
+        t_fresh = _run([sys.executable, "-m", "autograder", "grade", ASSIGNMENT, "--course",
+                        str(fresh)], REPO, VIRTCORE_ZYGOTE="0")
     if set(scores) != {45.0}:
         raise RuntimeError(f"the correct submissions did not all score 45: {scores}")
     bare, boxed = _startup()
@@ -154,6 +162,8 @@ def run() -> list[Row]:
             f"{STUDENTS} notebooks in {t_ours:.1f} s"),
         Row("throughput ratio (ours, sandbox on / nbgrader's)", per_nbg / per_ours, "x",
             "target >= 3 on 2 cores"),
+        Row("  without preloaded workers (VIRTCORE_ZYGOTE=0), per submission",
+            t_fresh / STUDENTS, "s", f"ratio {per_nbg / (t_fresh / STUDENTS):.2f} x"),
         Row("python -c pass, bare", bare * 1000, "ms", "median of 15"),
         Row("python -c pass in a part's sandbox (bwrap)", boxed * 1000, "ms",
             f"+{(boxed - bare) * 1000:.0f} ms per part"),
