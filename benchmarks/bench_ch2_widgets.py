@@ -93,7 +93,7 @@ def _stepper() -> tuple[Callable[[], None], Callable[[], None]]:
     return clicks, pure
 
 
-WIDGETS: dict[str, Callable[[], tuple[Callable[[], None], Callable[[], None]]]] = {
+WIDGETS: dict[str, _util.WidgetMaker] = {
     "scheduler_playground": _playground,
     "lifecycle_panel": _lifecycle,
     "migration_explorer": _migration,

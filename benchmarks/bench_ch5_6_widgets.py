@@ -60,7 +60,7 @@ def _toolstack() -> tuple[Callable[[], None], Callable[[], None]]:
     return click, pure
 
 
-def _event_bits() -> tuple[Callable[[], None], Callable[[], None]]:
+def _event_bits() -> tuple[Callable[[], object], Callable[[], object]]:
     from virtcore.viz import xen_chapters as xc
 
     ops = ("mask", "send", "send", "unmask", "block upcalls", "send", "allow upcalls", "send")
@@ -71,7 +71,7 @@ def _event_bits() -> tuple[Callable[[], None], Callable[[], None]]:
     return (lambda: p.buttons[next(clicks)].click()), (lambda: console.do(next(pure_ops)) and None)
 
 
-def _stepper() -> tuple[Callable[[], None], Callable[[], None]]:
+def _stepper() -> tuple[Callable[[], object], Callable[[], object]]:
     from virtcore.viz import xen_chapters as xc
 
     w = xc.split_driver_stepper()
@@ -82,7 +82,7 @@ def _stepper() -> tuple[Callable[[], None], Callable[[], None]]:
         (lambda: xc.render_ring_step(w.request, next(idx)) and None)
 
 
-WIDGETS: dict[str, Callable[[], tuple[Callable[[], None], Callable[[], None]]]] = {
+WIDGETS: dict[str, _util.WidgetMaker] = {
     "toolstack_panel": _toolstack,
     "event_bits_panel": _event_bits,
     "split_driver_stepper": _stepper,

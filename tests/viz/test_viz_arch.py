@@ -397,6 +397,8 @@ def _pixels(png: bytes) -> Any:
     ("explorer", ("hybrid", "syscall", False)), ("isolation", ("hybrid", "kernel_crash", 2, 3)),
     ("isolation", ("os-level", "kernel_crash", 1, 3)),
     ("isolation", ("bare-metal", "vmm_crash", 1, 3)),
+    ("isolation", ("hybrid", "hypervisor_crash", 1, 3)),  # the host kernel and its inset module
+    ("isolation", ("hosted", "hypervisor_exploit", 2, 3)),
 ])
 def test_a_widget_draws_over_its_kept_stack_the_picture_of_a_new_figure(scene) -> None:
     """Blitting (the plain stack kept, a scene drawn over it) gives the pixels draw_stack gives."""
@@ -411,6 +413,14 @@ def test_a_widget_draws_over_its_kept_stack_the_picture_of_a_new_figure(scene) -
     assert (abs(kept - first).max(axis=2) > 40).sum() > 0  # and not the other scene's
     with pytest.raises(ViewError):
         canvas.png(va._explorer_scene("os-level", "io", False))
+
+
+def test_a_failed_box_with_a_live_inset_is_drawn_not_copied() -> None:
+    """The host kernel failed but not its kvm module (not a fault of the model): still exact."""
+    stack = va._explorer_scene("hybrid", "io", True).stack
+    scene = va._Scene(stack, "", failed=("host kernel", "vm1 kernel"), title="made up")
+    kept, fresh = _pixels(va._StackCanvas(stack).png(scene)), _pixels(va._png(scene.figure()))
+    assert (abs(kept - fresh).max(axis=2) > 40).sum() == 0
 
 
 def test_the_kept_cost_chart_draws_the_picture_of_a_new_figure() -> None:

@@ -436,9 +436,29 @@ def _top(box: Box) -> float:
 
 
 def _label_size(lines: Sequence[str], width_pt: float, base: float) -> float:
-    """A font size at which the longest line fits ``width_pt`` points (CJK glyphs are 1 em)."""
-    ems = max((sum(1.0 if _HAN.match(ch) else 0.56 for ch in line) for line in lines), default=1)
+    """A font size at which the longest line fits ``width_pt`` points (never below 5 pt).
+
+    The lines are measured in the font they are drawn in (:func:`_text_kwargs`); a guess per
+    character let a label such as ``vm1 QEMU ✗`` run out of its box.
+    """
+    family = _text_kwargs("\n".join(lines)).get("fontfamily")
+    ems = max((_width_in_ems(line, family) for line in lines), default=1.0)
     return max(5.0, min(base, width_pt / max(ems, 1.0)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _width_in_ems(line: str, family: str | None) -> float:
+    """The width of ``line`` at a font size of 1, in ``family`` (None: matplotlib's default).
+
+    >>> _width_in_ems("MM", None) > _width_in_ems("ii", None) > 0
+    True
+    """
+    fm = require("matplotlib.font_manager")
+    textpath = require("matplotlib.textpath")
+    prop = fm.FontProperties(family=family, size=100) if family else fm.FontProperties(size=100)
+    with _quiet_glyphs():
+        width, _, _ = textpath.TextToPath().get_text_width_height_descent(line, prop, ismath=False)
+    return float(width) / 100
 
 
 def _chinese_lines(text: str) -> list[str]:
@@ -600,6 +620,8 @@ def _box_drawer(
 ) -> Any:
     """``draw(name, dead=..., on_path=..., border_only=False)``: add a layer's box and label to ax.
 
+    ``draw`` returns the label (a matplotlib Text), or None for a border.
+
     ``border_only`` adds just the thick border of a box on a path (a widget draws it over the
     plain box it keeps).  Patches are added with ``add_artist``: the axes' limits are set by
     :func:`draw_stack`, so ``add_patch``'s update of the data limits would be wasted work.
@@ -610,7 +632,7 @@ def _box_drawer(
     cols = max((b.x1 for b in layout.values()), default=1.0)
     pt_per_col = fig_w * 72 / (cols + 0.1)
 
-    def draw(name: str, *, dead: bool, on_path: bool, border_only: bool = False) -> None:
+    def draw(name: str, *, dead: bool, on_path: bool, border_only: bool = False) -> Any:
         layer, box = kinds[name], layout[name]
         ax.add_artist(patches.FancyBboxPatch(
             (box.x0 + _MARGIN, _bottom(box)),
@@ -625,14 +647,15 @@ def _box_drawer(
             zorder=1.5 if box.inset_of else 1,
         ))
         if border_only:
-            return
+            return None
         lines = [name + (" ✗" if dead else "")]
         if use_zh and layer.chinese:
             zh = _chinese_lines(layer.chinese)
             lines += zh[:1] if compact else zh
-        size = _label_size(lines, (box.width - 2 * _MARGIN) * pt_per_col * 0.92, 8.5)
+        # the label starts 2 margins into the column, the box ends 1 margin before its end
+        size = _label_size(lines, (box.width - 3 * _MARGIN) * pt_per_col * 0.95, 8.5)
         text = "\n".join(lines)
-        ax.text(
+        return ax.text(
             box.x0 + 2 * _MARGIN,
             box.level + _BOX_HEIGHT / 2,
             text,
@@ -996,11 +1019,14 @@ class _StackCanvas:
 
     Rendering a whole figure per control change spends most of a widget's time on text. Here the
     part that never changes — every box in its ordinary state, the dotted links — is rendered
-    once and saved; a scene restores that background and draws only what differs from it: the
-    boxes on the path or failed (with the boxes inset in them), the path's arrows and the title
-    (matplotlib's blitting). The picture is the one :meth:`_Scene.figure` gives.
+    once and saved; a scene restores that background and draws only what differs from it
+    (matplotlib's blitting): a box on the path gets its thick border, the path its arrows, the
+    scene its title. A failed box is copied, pixel for pixel, from a second picture of the stack
+    with every box failed (made when a scene first needs it), so its label is not rendered again;
+    a failed box whose inset box did not fail, or whose label would not fit the copy, is drawn
+    anew instead. The picture is the one
+    :meth:`_Scene.figure` gives (a test compares the pixels).
 
-    >>> from virtcore.arch import hosted
     >>> scene = _explorer_scene("hosted", "io", False)
     >>> canvas = _StackCanvas(scene.stack)
     >>> canvas.png(scene).startswith(b"\\x89PNG")
@@ -1008,6 +1034,10 @@ class _StackCanvas:
     >>> len(canvas.ax.get_children()) == canvas.children  # what a scene drew is gone again
     True
     """
+
+    #: Pixels around a box that its copy takes along: the thick border and its anti-aliasing
+    #: (boxes are at least ~15 px apart, so no neighbour is copied).
+    PAD = 3
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
@@ -1021,38 +1051,93 @@ class _StackCanvas:
         self.background = self.canvas.copy_from_bbox(self.fig.bbox)
         self.children = len(self.ax.get_children())
         self.title_font = self.ax.title.get_fontproperties().copy()
+        self._all_failed: Any = None
+        self._label_inside: dict[str, bool] = {}
+
+    def _draw_added(self, add: Any, prepare: Any) -> None:
+        """``add()`` adds artists to the axes, ``prepare()`` the pixels; draw them, remove them."""
+        ax = self.ax
+        before = set(map(id, ax.get_children()))
+        with _quiet_glyphs():
+            add()
+            new = [a for a in ax.get_children() if id(a) not in before]
+            prepare()
+            for artist in sorted(new, key=lambda a: a.get_zorder()):  # stable: insertion order
+                ax.draw_artist(artist)
+            if ax.title.get_text():
+                ax.draw_artist(ax.title)
+        for artist in new:
+            artist.remove()
+        ax.title.set_text("")
+        ax.title.set_fontproperties(self.title_font)  # the next title starts from the default
+
+    def _failed_pixels(self) -> Any:
+        """The stack with every box failed, as an array of pixels (rendered on first use)."""
+        if self._all_failed is None:
+            np = require("numpy")
+            draw = _box_drawer(self.ax, self.stack, self.layout, self.use_zh, compact=True)
+
+            def add() -> None:
+                renderer = self.canvas.get_renderer()
+                height = self.canvas.get_width_height()[1]
+                for name in self.layout:
+                    extent = draw(name, dead=True, on_path=False).get_window_extent(renderer)
+                    rows, cols = self._rows_cols(name)
+                    self._label_inside[name] = (
+                        cols.start <= extent.x0 and extent.x1 <= cols.stop
+                        and rows.start <= height - extent.y1 and height - extent.y0 <= rows.stop)
+
+            self._draw_added(add, lambda: self.canvas.restore_region(self.background))
+            self._all_failed = np.array(self.canvas.buffer_rgba())
+        return self._all_failed
+
+    def _rows_cols(self, name: str) -> tuple[slice, slice]:
+        """The pixels of a box (rows from the top), with :attr:`PAD` around it."""
+        box = self.layout[name]
+        (x0, y0), (x1, y1) = self.ax.transData.transform(
+            [(box.x0 + _MARGIN, _bottom(box)), (box.x1 - _MARGIN, _top(box))])
+        height, width = self.canvas.get_width_height()[::-1]
+        pad = self.PAD
+        rows = slice(max(0, int(height - y1) - pad), min(height, int(height - y0) + pad + 1))
+        cols = slice(max(0, int(x0) - pad), min(width, int(x1) + pad + 1))
+        return rows, cols
 
     def png(self, scene: _Scene) -> bytes:
         """The scene over the kept stack, as PNG bytes."""
         if scene.stack != self.stack:
             raise ViewError(f"a scene of {scene.stack.name!r} on the canvas of {self.stack.name!r}")
         ax, layout = self.ax, self.layout
-        before = set(map(id, ax.get_children()))
         on_path = set(scene.path.layers) if scene.path is not None else set()
         failed = set(scene.failed)
-        # a failed box is drawn anew (red, hatched, its label crossed), and the boxes inset in
-        # it over it; a box on the path only gets its thick border
-        redrawn = failed | {n for n, b in layout.items() if b.inset_of in failed}
+        insets = {n: [m for m, b in layout.items() if b.inset_of == n] for n in failed}
+        all_failed: Any = self._failed_pixels() if failed else None
+        copied = {n for n in failed if layout[n].inset_of is None and self._label_inside[n]
+                  and all(m in failed for m in insets[n])}
+        copied_along = {m for n in copied for m in insets[n]}  # failed insets of a copied box
+        redrawn = failed - copied - copied_along
+        redrawn |= {m for n in redrawn for m in insets.get(n, ())}
         draw = _box_drawer(ax, self.stack, layout, self.use_zh, compact=True)
-        with _quiet_glyphs():
+
+        def draw_scene() -> None:
             for name in layout:  # in draw_stack's order
                 if name in redrawn:
                     draw(name, dead=name in failed, on_path=name in on_path)
-                elif name in on_path:
+                elif name in on_path and name not in copied:
                     draw(name, dead=False, on_path=True, border_only=True)
             if scene.path is not None:
                 _draw_path(ax, scene.path, layout)
-            new = [a for a in ax.get_children() if id(a) not in before]
             _set_title(ax, scene.title if scene.title is not None
                        else _title(self.stack, self.use_zh))
+
+        def prepare() -> None:
             self.canvas.restore_region(self.background)
-            for artist in sorted(new, key=lambda a: a.get_zorder()):  # stable: insertion order
-                ax.draw_artist(artist)
-            ax.draw_artist(ax.title)
-        for artist in new:
-            artist.remove()
-        ax.title.set_text("")
-        ax.title.set_fontproperties(self.title_font)  # the next title starts from the default
+            if copied:
+                pixels = require("numpy").asarray(self.canvas.buffer_rgba())
+                for name in copied:
+                    rows, cols = self._rows_cols(name)
+                    pixels[rows, cols] = all_failed[rows, cols]
+
+        self._draw_added(draw_scene, prepare)
         return _canvas_png(self.canvas)
 
 
@@ -1172,11 +1257,16 @@ def _overhead_scene(
 
 
 _COST_SIZE = (6.4, 3.0)
-_COST_MARGINS = {"right": 0.89, "left": 0.12}
+_COST_MARGINS = {"right": 0.89, "left": 0.03}
 
 
 def _draw_cost_scene(fig: Any, ax: Any, rows: Sequence[tuple[str, float, Any]],
                      base: float) -> None:
+    """The explorer's chart: :func:`plot_costs` without its axes, each bar named underneath.
+
+    Drawing the axes (ticks, their labels, the label positions) was two thirds of a redraw;
+    the value on each bar and the labelled native line carry the numbers instead.
+    """
     fig.subplots_adjust(bottom=0.1, top=0.97)
     plot_costs(
         [(n, t) for n, t, _ in rows],
@@ -1186,6 +1276,11 @@ def _draw_cost_scene(fig: Any, ax: Any, rows: Sequence[tuple[str, float, Any]],
         title="",  # the text says what the chart is: a title costs a layout pass
         legend=False,  # the text shows the colour key
     )
+    ax.xaxis.set_visible(False)
+    ax.yaxis.set_visible(False)
+    under = ax.get_xaxis_transform()  # x in data, y in axes coordinates
+    for x, (name, _, _) in enumerate(rows):
+        ax.text(x, -0.03, name, transform=under, ha="center", va="top", fontsize=9)
 
 
 def _overhead_view(
