@@ -6,11 +6,14 @@ in < 30 s, kernel start included.
 
 For each explorer two figures are timed, cycling through a set of control values:
 
-- *callback* (a redraw): what a control change costs in the widget — the trait change fires the
-  observer, which calls the pure view function, renders its figure to PNG and sets
-  the image and the HTML text (ipywidgets without a frontend);
-- *pure*: the pure view function alone (``_explorer_view`` …), which builds the
-  figure but does not render it.
+- *callback* (a redraw): what a control change costs in the widget — the trait change fires
+  the observer, which computes the scene (a pure, cached function), draws it over the
+  widget's kept picture (the stack explorers blit it over the plain stack; the cost chart
+  keeps its figure), encodes the PNG and sets the image and the HTML text (ipywidgets
+  without a frontend). The first change to each stack also renders the kept picture of
+  that stack: those calls are the slowest, not the median;
+- *pure*: the pure view function alone (``_explorer_view`` …), which draws the same scene
+  on a new figure but does not render it — the baseline, measured in the same run.
 
 matplotlib runs on the Agg backend; the views make figures outside pyplot, and any
 pyplot figure left open at the end is an error.  Whether Chinese labels are drawn
