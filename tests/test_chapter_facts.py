@@ -117,3 +117,12 @@ def test_ch1_the_notes_spellings_and_what_runs_on_the_hardware():
     assert "firmware" in bare_metal(embedded=True).layer("hypervisor").note  # S1.9
     assert set(products(embedded_in_firmware=True).names()) == {"VMware ESXi Embedded",
                                                                 "Hitachi Virtage"}
+
+
+def test_ch1_with_assist_a_guests_io_leaves_it_once_and_comes_back():
+    from virtcore.arch import Event, bare_metal, event_path
+
+    io = event_path(bare_metal(), Event.IO, hardware_assist=True)
+    exits = [(step.src, step.dst) for step in io.steps if step.kind == "vm_exit"]
+    assert exits == [("vm1 kernel", "hypervisor"), ("hypervisor", "vm1 kernel")]  # exit, entry
+    assert event_path(bare_metal(), Event.IO).count("vm_exit") == 0  # software VMM: traps
