@@ -34,6 +34,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -485,7 +486,16 @@ def _dying_case(run: sandbox.WorkerRun) -> int | None:
     return current if isinstance(current, int) else None
 
 
-def _run_part(nb: _Notebook, task: dict[str, Any]) -> sandbox.WorkerRun | None:
+def _interactive(nb: _Notebook) -> bool:
+    """Whether the assignment drives its parts through a serving worker (``INTERACTIVE``):
+    the grader runs each case and asks the worker for the student's answers
+    (``module.converse``), instead of receiving results of cases run in the sandbox."""
+    return getattr(nb.module, "INTERACTIVE", False) is True
+
+
+def _run_part(nb: _Notebook, task: dict[str, Any],
+              converse: Callable[[sandbox.Channel], Any] | None = None
+              ) -> sandbox.WorkerRun | None:
     """One worker run, retried after infrastructure faults and SIGKILLs from outside;
     None when the student's time budget is used up."""
     last: sandbox.WorkerRun | None = None
@@ -493,8 +503,14 @@ def _run_part(nb: _Notebook, task: dict[str, Any]) -> sandbox.WorkerRun | None:
         left = nb.deadline - time.monotonic()
         if left < 1.0:
             return last if last is not None and last.outcome != "fault" else None
-        run = sandbox.run_worker(task, timeout=min(nb.task.part_timeout, left),
-                                 limits=nb.task.limits, sandbox=nb.task.sandbox)
+        if converse is None:
+            run = sandbox.run_worker(task, timeout=min(nb.task.part_timeout, left),
+                                     limits=nb.task.limits, sandbox=nb.task.sandbox)
+        else:
+            run = sandbox.run_worker(task, timeout=min(nb.task.part_timeout, left),
+                                     limits=nb.task.limits, sandbox=nb.task.sandbox,
+                                     converse=converse,
+                                     reply_timeout=float(task["case_timeout"]) + 5.0)
         if run.outcome == "timeout" and run.detail.startswith("still running") and (
                 nb.deadline - time.monotonic() < 1.0 and left < nb.task.part_timeout):
             run.detail = (f"the time budget of the whole notebook"
@@ -524,6 +540,7 @@ def _grade_part(nb: _Notebook, part: Part) -> PartResult:
         seed_of = _seed_fn(nb.task.seed_key, nb.spec.name, check)
         plan += [(check, case) for case in nb.module.cases(part, check, seed_of)]
     harness = nb.module.sandbox_plan(gid)[1][0]
+    interactive = _interactive(nb)
     for _attempt in range(len(nb.cells) + 1):
         run_cells = [{"grade_id": c.grade_id, "source": c.source} for c in nb.cells
                      if c.grade_id not in nb.bad_cells and c.grade_id not in nb.never_run]
@@ -531,7 +548,11 @@ def _grade_part(nb: _Notebook, part: Part) -> PartResult:
                 "preamble": nb.preamble, "cells": run_cells, "cases": [c for _, c in plan],
                 "case_timeout": float(getattr(nb.module, "CASE_TIMEOUT", 3.0)),
                 "cell_timeout": float(getattr(nb.module, "CELL_TIMEOUT", 5.0))}
-        run = _run_part(nb, task)
+        converse = None
+        if interactive:  # the grader runs the cases; the worker answers (none is sent)
+            task.update(cases=[], serve=True)
+            converse = functools.partial(nb.module.converse, cases=[c for _, c in plan])
+        run = _run_part(nb, task, converse)
         if run is None:
             return _zero(part, "timeout", f"not run: the time budget of the whole notebook"
                                           f" ({nb.task.budget_seconds:g} s) was used up")
@@ -554,6 +575,8 @@ def _grade_part(nb: _Notebook, part: Part) -> PartResult:
             nb.bad_cells[gid] = (status, reason)
             return _zero(part, status, reason)
         k = _dying_case(run)
+        if k is None and isinstance(run.extra.get("case"), int):
+            k = int(run.extra["case"])  # the case a serving worker was answering
         fatal = run.last("fatal")
         if k is None and fatal is not None and isinstance(fatal.get("index"), int):
             k = int(fatal["index"])
@@ -630,7 +653,8 @@ def _score(nb: _Notebook, part: Part, plan: list[tuple[Check, dict[str, Any]]],
 
     sent = [c.grade_id for c in nb.cells
             if c.grade_id not in nb.bad_cells and c.grade_id not in nb.never_run]
-    bad = _malformed(run, sent, len(plan))
+    interactive = _interactive(nb)
+    bad = _malformed(run, sent, 0 if interactive else len(plan))
     if bad is not None:
         return _zero(part, "error", f"the results of this part cannot be trusted ({bad}):"
                                     " they score 0")
@@ -665,6 +689,10 @@ def _score(nb: _Notebook, part: Part, plan: list[tuple[Check, dict[str, Any]]],
             return _zero(part, "not implemented", f"not implemented yet:\n{text}")
         return _zero(part, "error", text)
     results = {m["index"]: m for m in run.messages if m.get("type") == "case"}
+    if interactive:  # the grader's own runs of the cases (module.converse), not messages
+        conv = run.extra.get("conversation")
+        results = {i: {"index": i, **r} for i, r in enumerate(conv if isinstance(conv, list)
+                                                               else []) if isinstance(r, dict)}
     for m in results.values():
         text = json.dumps(m)
         if m.get("touched") or sandbox.REDACTED_MARK in text:

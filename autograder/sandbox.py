@@ -1,7 +1,8 @@
 """Run the worker (:mod:`autograder.worker`) in a bubblewrap sandbox and collect its messages.
 
-**What the sandbox is** (:func:`bwrap_command`).  Every graded part runs in its own
-bubblewrap (``bwrap``) sandbox:
+**What the sandbox is** (:func:`bwrap_command`).  Every graded part runs in a bubblewrap
+(``bwrap``) sandbox of that part — by default a preloaded worker per part and grading
+process that forks a fresh child for each submission (:mod:`autograder.zygote`):
 
 - its own PID, mount, IPC, UTS, network and cgroup namespaces (and a user namespace when the
   grader is not root): it sees no other process (it cannot signal another student's worker
@@ -14,8 +15,9 @@ bubblewrap (``bwrap``) sandbox:
   ``/dev`` (so ``/dev/shm`` is private too), all gone when the part ends;
 - a clean environment (``PATH``, ``HOME=/tmp``, ``LANG``; nothing inherited, so no
   ``VIRTCORE_COURSE_SECRET``);
-- an unprivileged user: as root, ``setpriv`` switches to uid/gid 65534 with no groups, no
-  capabilities and ``no_new_privs`` *before the interpreter starts*; as an ordinary user the
+- an unprivileged user: as root, ``setpriv`` switches to a uid/gid of the sandbox's own
+  (:func:`sandbox_uid`, from :data:`UID_BASE` on) with no groups, no capabilities and
+  ``no_new_privs`` *before the interpreter starts*; as an ordinary user the
   user namespace maps the sandbox to that user, who can reach nothing of theirs inside;
 - resource limits, set by the worker on itself before any student code runs
   (:class:`Limits`): address space, CPU seconds, file size, open files, no core dumps, no new
@@ -54,6 +56,7 @@ import atexit
 import compileall
 import contextlib
 import functools
+import itertools
 import json
 import os
 import selectors
@@ -64,14 +67,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autograder import zygote
 from autograder.worker import NOBODY
 
-__all__ = ["NOBODY", "REDACTED_MARK", "REPO_ROOT", "Limits", "WorkerRun", "bwrap_command",
-           "default_sandbox", "redact_source", "run_worker", "sandbox_problem", "stage"]
+__all__ = ["NOBODY", "REDACTED_MARK", "REPO_ROOT", "Limits", "WorkerRun", "adopt_stages",
+           "bwrap_command", "default_sandbox", "prestage", "redact_source", "run_worker",
+           "sandbox_problem", "stage"]
 #: The checkout that holds ``autograder`` and ``virtcore`` (never bound into the sandbox).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: In the message of what a redacted reference raises (the grader scores it as ``integrity``).
@@ -84,6 +90,13 @@ _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); import autograder.wo
 _MAX_MESSAGES_BYTES = 16 * 1024 * 1024
 _STDERR_KEEP = 8192
 _BWRAP = ("/usr/bin/bwrap", "/bin/bwrap")
+#: First uid of the range sandboxes run as when the grader is root: each sandbox gets a uid of
+#: its own (:func:`sandbox_uid`), so no process outside it — not even another sandbox, or a
+#: host service running as ``nobody`` — has the same uid and can signal it.  The range
+#: (``VIRTCORE_SANDBOX_UID_BASE`` + up to 2**28) must belong to no account on the host.
+UID_BASE = int(os.environ.get("VIRTCORE_SANDBOX_UID_BASE", "1500000000"))
+_UID_SLOTS = 64
+_uid_next = itertools.count()
 _SETPRIV = "/usr/bin/setpriv"
 
 
@@ -215,6 +228,38 @@ def _stage_root() -> Path:
     return _STAGE_ROOT[0]
 
 
+def prestage(assignment: str) -> dict[str, Any]:
+    """Stage every part of ``assignment`` now and say where (for :func:`adopt_stages`).
+
+    The grading driver calls it once before it starts its pool, so that the pool's processes
+    share one staged copy instead of each copying and compiling the library again (about a
+    second of CPU per process and assignment).
+
+    >>> where = prestage("a2_credit_scheduler")
+    >>> sorted(where["parts"]) == sorted(p.grade_id for p in
+    ...     __import__("autograder.assignments", fromlist=["x"]).module(
+    ...         "a2_credit_scheduler").SPEC.parts)
+    True
+    """
+    from autograder import assignments
+
+    spec = assignments.module(assignment).SPEC
+    parts = {p.grade_id: str(stage(assignment, p.grade_id)) for p in spec.parts}
+    return {"root": str(_stage_root()), "assignment": assignment, "parts": parts}
+
+
+def adopt_stages(where: dict[str, Any] | None) -> None:
+    """In a pool process: use the stages :func:`prestage` made in the driver (which also
+    removes them when it exits; this process never does)."""
+    if not where:
+        return
+    with _STAGE_LOCK:
+        if not _STAGE_ROOT:
+            _STAGE_ROOT.append(Path(where["root"]))
+        for gid, path in where["parts"].items():
+            _STAGED[(str(where["assignment"]), str(gid))] = Path(path)
+
+
 def _ignore(directory: str, names: list[str]) -> set[str]:
     return {n for n in names if n == "__pycache__" or n.endswith((".pyc", ".pyo"))}
 
@@ -337,8 +382,21 @@ def _python_binds(python: str) -> list[str]:
     return args
 
 
+def sandbox_uid() -> int:
+    """A uid for the next sandbox of a root grader, unused by every other live sandbox.
+
+    ``UID_BASE`` + 64 × (this process's pid mod 2**22) + a counter mod 64: distinct across
+    the grading processes (their pids differ) and across the up to 64 sandboxes one process
+    keeps at once (its zygotes, one per part).
+
+    >>> UID_BASE <= sandbox_uid() < UID_BASE + (1 << 28)
+    True
+    """
+    return UID_BASE + (os.getpid() & 0x3FFFFF) * _UID_SLOTS + next(_uid_next) % _UID_SLOTS
+
+
 def bwrap_command(argv: list[str], lib: Path, *, python: str | None = None,
-                  root: bool | None = None) -> list[str]:
+                  root: bool | None = None, uid: int | None = None) -> list[str]:
     """The ``bwrap`` command line that runs ``argv`` in a part's sandbox (see the module doc).
 
     >>> cmd = bwrap_command(["python3", "-c", "pass"], Path("/tmp/stage"), root=True)
@@ -349,7 +407,7 @@ def bwrap_command(argv: list[str], lib: Path, *, python: str | None = None,
     """
     bw = _bwrap() or "bwrap"
     root = os.geteuid() == 0 if root is None else root
-    if root:  # no user namespace: setpriv below makes the worker really uid 65534
+    if root:  # no user namespace: setpriv below makes the worker really a uid of its own
         ns = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
               "--unshare-cgroup-try"]
     else:
@@ -364,7 +422,8 @@ def bwrap_command(argv: list[str], lib: Path, *, python: str | None = None,
            "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8",
            "--setenv", "LC_ALL", "C.UTF-8", "--setenv", "PYTHONHASHSEED", "0", "--"]
     if root:
-        cmd += [_SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        uid = sandbox_uid() if uid is None else uid
+        cmd += [_SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
     return cmd + argv
 
@@ -399,7 +458,8 @@ def sandbox_problem() -> str | None:
         return (f"bubblewrap does not work here ({why}); unprivileged user namespaces may be"
                 " disabled (sysctl kernel.unprivileged_userns_clone=1, or"
                 " user.max_user_namespaces > 0)")
-    if os.geteuid() == 0 and proc.stdout.strip() != str(NOBODY):
+    seen = proc.stdout.strip()
+    if os.geteuid() == 0 and not (seen.isdigit() and int(seen) >= UID_BASE):
         return "the sandbox did not drop root"
     return None
 
@@ -426,7 +486,9 @@ def _env(cwd: Path) -> dict[str, str]:
 
 def run_worker(task: dict[str, Any], *, timeout: float, limits: Limits | None = None,
                python: str | None = None, sandbox: str = "bwrap",
-               lib: Path | None = None) -> WorkerRun:
+               lib: Path | None = None,
+               converse: Callable[[Channel], Any] | None = None,
+               reply_timeout: float = 10.0) -> WorkerRun:
     """Run one worker on ``task`` and wait for it (at most ``timeout`` seconds of wall time).
 
     Parameters
@@ -443,6 +505,15 @@ def run_worker(task: dict[str, Any], *, timeout: float, limits: Limits | None = 
         ``"none"`` runs the worker as a plain subprocess — unsafe (``--unsafe-no-sandbox``).
     lib : Path, optional
         The staged library (default: :func:`stage` of the task's assignment and part).
+    converse : callable, optional
+        Makes the worker *serve* (an interactive part): its stdin stays open, and once it
+        has reported ``build`` ok, ``converse(channel)`` is called here with a
+        :class:`Channel` whose ``call(request)`` sends one request line and returns the
+        worker's ``reply``.  What it returns is kept in ``WorkerRun.extra["conversation"]``;
+        then stdin is closed and the worker ends with ``done``.  Without it (a1, a3, a4)
+        nothing changes: the task goes in on stdin, which is closed.
+    reply_timeout : float
+        With ``converse``: the longest wait for one reply (and never past ``timeout``).
 
     Returns
     -------
@@ -452,6 +523,7 @@ def run_worker(task: dict[str, Any], *, timeout: float, limits: Limits | None = 
     cpu = max(1, min(lim.cpu_seconds, int(timeout) + 5))
     lim_json = json.dumps({**asdict(lim), "cpu_seconds": cpu})
     payload = json.dumps(task).encode()
+    own_lib = lib is not None
     if lib is None:
         try:
             lib = _ping_lib() if task.get("ping") else stage(str(task["assignment"]),
@@ -466,6 +538,9 @@ def run_worker(task: dict[str, Any], *, timeout: float, limits: Limits | None = 
             return WorkerRun("fault", [], f"no sandbox: {problem}")
     elif sandbox != "none":
         raise ValueError(f"sandbox must be 'bwrap' or 'none', not {sandbox!r}")
+    if sandbox == "bwrap" and zygote.enabled() and not task.get("ping") and not own_lib:
+        return _run_in_zygote(task, lib, py, lim_json, payload, timeout, converse,
+                              reply_timeout)
     start = time.monotonic()
     rfd, wfd = os.pipe()
     if sandbox == "bwrap":
@@ -492,7 +567,11 @@ def run_worker(task: dict[str, Any], *, timeout: float, limits: Limits | None = 
         raise
     os.close(wfd)
     try:
-        run = _collect(proc, rfd, payload, timeout, start, bwrap=sandbox == "bwrap")
+        if converse is not None:
+            run = _converse(proc, rfd, payload, timeout, start, converse, reply_timeout,
+                            bwrap=sandbox == "bwrap")
+        else:
+            run = _collect(proc, rfd, payload, timeout, start, bwrap=sandbox == "bwrap")
         run.extra["sandbox"] = sandbox
         return run
     finally:
@@ -503,7 +582,52 @@ def run_worker(task: dict[str, Any], *, timeout: float, limits: Limits | None = 
             shutil.rmtree(cwd, ignore_errors=True)
 
 
+def _run_in_zygote(task: dict[str, Any], lib: Path, py: str, lim_json: str, payload: bytes,
+                   timeout: float, converse: Callable[[Channel], Any] | None = None,
+                   reply_timeout: float = 10.0) -> WorkerRun:
+    """:func:`run_worker` through a preloaded worker of the part (:mod:`autograder.zygote`)."""
+    harness, part = str(task.get("harness")), str(task.get("part"))
+    key = (str(lib), py, harness, part)
+
+    def make() -> zygote.Zygote:
+        return zygote.Zygote(key, bwrap_command([], lib, python=py), lib, harness, part,
+                             python=py)
+
+    start = time.monotonic()
+    try:
+        with zygote.checkout(key, make) as z:
+            child, rfd = z.fork(lim_json)
+            serial = z.serial
+            try:
+                if converse is not None:
+                    run = _converse(child, rfd, payload, timeout, start,  # type: ignore[arg-type]
+                                    converse, reply_timeout)
+                else:
+                    run = _collect(child, rfd, payload, timeout, start)  # type: ignore[arg-type]
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(rfd)
+                _kill(child)  # type: ignore[arg-type]
+    except zygote.ZygoteError as e:
+        return WorkerRun("fault", [], str(e))
+    run.extra["sandbox"] = "bwrap"
+    run.extra["zygote"] = serial
+    return run
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if isinstance(proc, zygote.ZygoteChild):
+        if proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            if proc.returncode is None:
+                proc.zygote.close()
+        for stream in (proc.stdin, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        return
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -593,6 +717,15 @@ def _collect(proc: subprocess.Popen[bytes], rfd: int, payload: bytes, timeout: f
                 else:
                     garbage += 1
     sel.close()
+    return _conclude(proc, messages, garbage, stderr, timed_out, flooded, timeout, start,
+                     bwrap=bwrap)
+
+
+def _conclude(proc: subprocess.Popen[bytes], messages: list[dict[str, Any]], garbage: int,
+              stderr: bytearray, timed_out: bool, flooded: bool, timeout: float, start: float,
+              *, bwrap: bool) -> WorkerRun:
+    """Wait for the worker (or kill it) and classify how it ended (:class:`WorkerRun`)."""
+    deadline = start + timeout
     if timed_out or flooded:
         _kill(proc)
     else:
@@ -643,4 +776,214 @@ def _collect(proc: subprocess.Popen[bytes], rfd: int, payload: bytes, timeout: f
                       if rc is not None else "exited before it finished")
     elif rc not in (0, None):
         run.outcome, run.detail = "crashed", f"exited with code {rc}"
+    return run
+
+
+# ------------------------------------------------------------------------ conversations
+#: The type of the worker's answers to the grader's requests (see :class:`Channel`).
+REPLY = "reply"
+#: Longest line a reply may be.
+_MAX_REPLY_BYTES = 1 << 16
+
+
+class ChannelError(Exception):
+    """The conversation with a serving worker ended: it sent something that is not the reply
+    (garbage, an extra line, ``fatal``…), went away, flooded the channel or did not answer in
+    time.  The channel is dead afterwards; the run's outcome says why."""
+
+
+class Channel:
+    """The grader's end of a conversation with a *serving* worker (``run_worker(converse=)``).
+
+    ``call(request)`` writes ``request`` as one JSON line on the worker's stdin and returns the
+    next line on the result pipe, which must be a ``{"type": "reply", …}`` object, within
+    ``reply_timeout`` seconds (and the run's deadline).  Anything else ends the conversation
+    with :class:`ChannelError` (never another exception): a line that is not a reply is
+    counted as garbage (a ``fatal`` message is kept: it says why the worker stopped), and a
+    line arriving before its request is a protocol error too.  ``calls`` counts the round
+    trips.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], rfd: int, deadline: float,
+                 reply_timeout: float) -> None:
+        assert proc.stdin is not None
+        assert proc.stderr is not None
+        self.proc = proc
+        self.rfd = rfd
+        self.wfd = proc.stdin.fileno()
+        self.deadline = deadline
+        self.reply_timeout = reply_timeout
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(rfd, selectors.EVENT_READ, "result")
+        self.sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        self.buf = bytearray()
+        self.stderr = bytearray()
+        self.messages: list[dict[str, Any]] = []
+        self.garbage = 0
+        self.total = 0
+        self.calls = 0
+        self.eof = self.timed_out = self.flooded = False
+        self.dead: str | None = None
+        #: Which case the conversation is on (the conversation sets it; for the report).
+        self.case: int | None = None
+        os.set_blocking(self.wfd, False)
+
+    # -- reading -------------------------------------------------------------------------
+    def _fill(self, until: float) -> bool:
+        """Read what arrives before ``until``; False on timeout or end of the result pipe."""
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                self.timed_out = True
+                return False
+            for key, _ in self.sel.select(min(left, 1.0)):
+                fd = self.rfd if key.data == "result" else key.fileobj.fileno()  # type: ignore[union-attr]
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    chunk = b""
+                if key.data == "stderr":
+                    if not chunk:
+                        self.sel.unregister(key.fileobj)
+                    else:
+                        self.stderr += chunk
+                        if len(self.stderr) > 4 * _STDERR_KEEP:
+                            del self.stderr[:-_STDERR_KEEP]
+                    continue
+                if not chunk:
+                    self.eof = True
+                    return False
+                self.total += len(chunk)
+                self.buf += chunk
+                if self.total > _MAX_MESSAGES_BYTES + 256 * self.calls or (
+                        len(self.buf) > _MAX_MESSAGES_BYTES):
+                    self.flooded = True
+                    return False
+                return True
+
+    def _line(self, until: float) -> bytes | None:
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buf[:nl])
+                del self.buf[:nl + 1]
+                return line
+            if not self._fill(until):
+                return None
+
+    def _message(self, line: bytes) -> dict[str, Any] | None:
+        try:
+            msg = json.loads(line)
+        except (ValueError, RecursionError):
+            return None
+        return msg if isinstance(msg, dict) and isinstance(msg.get("type"), str) else None
+
+    def _fail(self, why: str) -> ChannelError:
+        self.dead = self.dead or why
+        return ChannelError(self.dead)
+
+    # -- the conversation ----------------------------------------------------------------
+    def until_build(self) -> dict[str, Any] | None:
+        """The worker's messages up to its ``build`` (None if it never came)."""
+        while True:
+            line = self._line(self.deadline)
+            if line is None:
+                return None
+            msg = self._message(line)
+            if msg is None or msg["type"] not in MESSAGE_TYPES:
+                self.garbage += 1
+                continue
+            self.messages.append(msg)
+            if msg["type"] in ("build", "done", "fatal"):
+                return msg
+
+    def call(self, request: Any) -> dict[str, Any]:
+        """Send ``request`` (JSON data) and return the worker's reply (a dict).
+
+        Raises
+        ------
+        ChannelError
+            No reply (see the class doc); the channel is dead from then on.
+        """
+        if self.dead:
+            raise ChannelError(self.dead)
+        if self.buf:
+            self.garbage += 1
+            raise self._fail("the worker wrote before it was asked")
+        until = min(self.deadline, time.monotonic() + self.reply_timeout)
+        data = memoryview(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+        while data:
+            try:
+                n = os.write(self.wfd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                raise self._fail("the worker stopped reading its requests") from None
+            data = data[n:]
+            if data and not self._fill(until):  # drain while the worker is not reading
+                break
+        self.calls += 1
+        line = None if data else self._line(until)
+        if line is None:
+            if self.timed_out:
+                raise self._fail(f"no reply within {self.reply_timeout:g} s")
+            if self.flooded:
+                raise self._fail("flooded the result channel")
+            raise self._fail("the worker went away")
+        msg = self._message(line) if len(line) <= _MAX_REPLY_BYTES else None
+        if msg is not None and msg["type"] == REPLY:
+            return msg
+        if msg is not None and msg["type"] == "fatal":
+            self.messages.append(msg)
+            raise self._fail("the worker stopped")
+        self.garbage += 1
+        raise self._fail("a line that is not a reply")
+
+    def finish(self) -> None:
+        """Close stdin (the worker ends with ``done``) and read the rest of its messages."""
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        while not (self.timed_out or self.flooded):
+            line = self._line(self.deadline)
+            if line is None:
+                break
+            msg = self._message(line)
+            if msg is None or msg["type"] not in MESSAGE_TYPES:
+                self.garbage += 1
+            else:
+                self.messages.append(msg)
+        self.sel.close()
+
+
+def _converse(proc: subprocess.Popen[bytes], rfd: int, payload: bytes, timeout: float,
+              start: float, converse: Callable[[Channel], Any], reply_timeout: float, *,
+              bwrap: bool = False) -> WorkerRun:
+    """:func:`_collect` for a serving worker: the task (one line), its messages up to
+    ``build``, the conversation, then the rest; classified as any run."""
+    ch = Channel(proc, rfd, start + timeout, reply_timeout)
+    data = memoryview(payload + b"\n")
+    while data and not ch.dead:
+        try:
+            n = os.write(ch.wfd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            break
+        data = data[n:]
+        if data and not ch._fill(ch.deadline):
+            break
+    result: Any = None
+    build = None if data else ch.until_build()
+    if build is not None and build.get("type") == "build" and build.get("ok") is True:
+        with contextlib.suppress(ChannelError):  # the run's outcome says why it ended
+            result = converse(ch)
+    ch.finish()
+    run = _conclude(proc, ch.messages, ch.garbage, ch.stderr, ch.timed_out, ch.flooded,
+                    timeout, start, bwrap=bwrap)
+    run.extra["conversation"] = result
+    run.extra["round_trips"] = ch.calls
+    run.extra["case"] = ch.case
+    if ch.dead and run.outcome == "timeout" and ch.timed_out and "no reply" in ch.dead:
+        run.detail = f"the scheduler did not answer within {reply_timeout:g} s"
     return run

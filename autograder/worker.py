@@ -47,7 +47,7 @@ import traceback
 from types import ModuleType
 from typing import Any
 
-__all__ = ["NOBODY", "BuildError", "main", "student_traceback"]
+__all__ = ["NOBODY", "BuildError", "main", "student_traceback", "zygote_main"]
 
 #: uid and gid the worker drops to when started as root.
 NOBODY = 65534
@@ -193,6 +193,7 @@ class _Runner:
         self.module = module
         self.cell_seconds = float(task.get("cell_timeout", 5.0))
         self.case_seconds = float(task.get("case_timeout", 2.0))
+        self.stdin = sys.stdin.buffer  # the grader's requests (a serving worker), taken now
 
     def timed(self, seconds: float, fn: Any, *args: Any) -> Any:
         signal.setitimer(signal.ITIMER_REAL, max(0.01, seconds))
@@ -241,6 +242,10 @@ class _Runner:
             self.ch.send({"type": "done"})
             return
         self.ch.send({"type": "build", "ok": True, "touched": []})
+        if task.get("serve"):
+            self.serve(impl)
+            self.ch.send({"type": "done", "printed": sink.size})
+            return
         for i, case in enumerate(task.get("cases", [])):
             self.ch.send({"type": "case-start", "index": i})
             try:
@@ -258,6 +263,44 @@ class _Runner:
                     res["touched"] = [str(e)[:_MAX_TEXT]]
             self.ch.send(res)
         self.ch.send({"type": "done", "printed": sink.size})
+
+    def serve(self, impl: Any) -> None:
+        """Answer the grader's requests, one JSON line each, until stdin ends (a serving part).
+
+        The harness's ``serve(impl)`` gives the function that answers one request; a request
+        whose first item is ``["case", i, …]`` starts case ``i`` and its time budget, which
+        counts only the time spent answering (not the grader's).  Each answer goes back as one
+        ``reply``; the student's exception is a reply too (``error``, ``error_type``,
+        ``touched``), and the grader fails that case.
+        """
+        answer = self.module.serve(impl)
+        send = self.ch.send
+        index, left = -1, self.case_seconds
+        while True:
+            line = self.stdin.readline()
+            if not line:
+                return
+            req = json.loads(line)
+            first = req[0] if isinstance(req, list) and req else None
+            if isinstance(first, list) and first and first[0] == "case":
+                index, left = int(first[1]), self.case_seconds
+            try:
+                signal.setitimer(signal.ITIMER_REAL, max(0.01, left))
+                try:
+                    reply = {"type": "reply", **answer(req)}
+                finally:
+                    left = signal.setitimer(signal.ITIMER_REAL, 0)[0]
+            except _Budget:
+                self.fatal("timeout", f"case {index} ran longer than {self.case_seconds:g} s"
+                           " (an infinite loop?)", index=index)
+            except MemoryError:
+                self.fatal("memory", f"case {index} ran out of memory", index=index)
+            except BaseException as e:
+                reply = {"type": "reply", "error": student_traceback(e),
+                         "error_type": type(e).__name__}
+                if _redacted(e):
+                    reply["touched"] = [str(e)[:_MAX_TEXT]]
+            send(reply)
 
     def exec_cell(self, source: str, gid: str, ns: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -304,18 +347,33 @@ def main(argv: list[str]) -> None:
     if limits:
         _set_limits(limits)
     ch = _Channel(fd)
-    raw = sys.stdin.buffer.read()
-    task = json.loads(raw)
+    task = _read_task()
     if task.get("ping"):
         ch.send({"type": "ready", "uid": os.getuid()})
         ch.send({"type": "done"})
         return
-    for name in _PREIMPORT:
-        with contextlib.suppress(ImportError):  # a module missing from this Python
-            __import__(name)
+    _preimport()
     import importlib
 
     module = importlib.import_module(f"autograder.harness.{task['harness']}")
+    _serve(ch, task, module, limits)
+
+
+def _read_task() -> dict[str, Any]:
+    task = json.loads(sys.stdin.buffer.readline())  # one JSON line
+    if not isinstance(task, dict):
+        raise SystemExit("the task is not a JSON object")
+    return task
+
+
+def _preimport() -> None:
+    for name in _PREIMPORT:
+        with contextlib.suppress(ImportError):  # a module missing from this Python
+            __import__(name)
+
+
+def _serve(ch: _Channel, task: dict[str, Any], module: ModuleType, limits: dict[str, Any]) -> None:
+    """Run ``task`` (steps 3–8 of the module doc) and end the process."""
     signal.signal(signal.SIGALRM, _alarm)
     task["drop_privileges"] = bool(limits.get("drop_privileges", True))
     runner = _Runner(ch, task, module)
@@ -330,3 +388,149 @@ def main(argv: list[str]) -> None:
     sys.stdout = sys.__stdout__
     sys.stderr = sys.__stderr__
     os._exit(0)
+
+
+# --------------------------------------------------------------------------- the zygote
+#: What a zygote wipes after each child (the sandbox's only writable places).
+_SCRATCH = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+
+
+def zygote_main(argv: list[str]) -> None:
+    """Entry point of a preloaded worker, a *zygote* (``argv``: control socket fd, options).
+
+    Started once per (assignment, part) and grading process, in its own sandbox, by
+    :class:`autograder.zygote.Zygote`.  It imports the standard modules, the staged virtcore
+    and the part's harness once, makes itself undumpable (no ``ptrace``, no
+    ``/proc/<pid>/mem`` for its children), then for each request forks a **fresh child** that
+    is exactly a worker (:func:`main` from step 1 on) on the three descriptors the grader
+    passed with the request (``SCM_RIGHTS``: task in, results out, standard error).  The
+    zygote never reads a task or a result.  After each child it reaps it, wipes the writable
+    scratch directories, checks that no System V IPC object survived, and reports the wait
+    status; if anything is left it exits, and the grader starts a new one.  Children cannot
+    fork (``RLIMIT_NPROC`` 0 as in every worker), so nothing of one child outlives it.
+    """
+    import importlib
+    import socket
+
+    sock = socket.socket(fileno=int(argv[0]))
+    opts = json.loads(argv[1])
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _preimport()
+    module = importlib.import_module(f"autograder.harness.{opts['harness']}")
+    module.worker_setup(str(opts["part"]))  # warm what the part's runs import
+    _undumpable()
+    sock.sendall(json.dumps({"type": "zygote", "uid": os.getuid()}).encode())
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 3)
+        except OSError:
+            os._exit(0)
+        if not data:
+            os._exit(0)  # the grader went away
+        try:
+            req = json.loads(data)
+        except ValueError:
+            req = {}
+        if not isinstance(req, dict) or req.get("op") != "fork" or len(fds) != 3:
+            for f in fds:
+                os.close(f)
+            os._exit(2)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sock.close()
+                _child(fds, req.get("limits") or {}, module, str(opts["part"]))
+            finally:
+                os._exit(4)
+        for f in fds:
+            os.close(f)
+        sock.sendall(json.dumps({"pid": pid}).encode())
+        status = _reap(pid, sock)
+        clean = _wipe()
+        sock.sendall(json.dumps({"exit": pid, "status": status, "clean": clean}).encode())
+        if not clean:
+            os._exit(0)
+
+
+def _undumpable() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE, 0
+        raise SystemExit("prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+def _child(fds: list[int], limits: dict[str, Any], module: ModuleType, part: str) -> None:
+    task_in, result_out, err = fds
+    os.dup2(task_in, 0)
+    os.dup2(err, 2)
+    keep = os.dup(result_out) if result_out < 3 else result_out
+    for f in (task_in, err):
+        if f > 2 and f != keep:
+            os.close(f)
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 16)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - fd 0, never closed here
+    if limits:
+        _set_limits(limits)
+    ch = _Channel(keep)
+    task = _read_task()
+    if task.get("part") != part or f"autograder.harness.{task.get('harness')}" != module.__name__:
+        ch.send({"type": "fatal", "kind": "error", "message": "task for another zygote"})
+        os._exit(3)
+    _serve(ch, task, module, limits)
+
+
+def _reap(pid: int, sock: Any) -> int:
+    """Wait for the child (a ``kill`` request from the grader kills it); its wait status."""
+    import select
+
+    pidfd = os.pidfd_open(pid)
+    try:
+        while True:
+            ready, _, _ = select.select([pidfd, sock], [], [])
+            if pidfd in ready:
+                return os.waitpid(pid, 0)[1]
+            data = sock.recv(4096)
+            if not data or b'"kill"' in data:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                if not data:
+                    os.waitpid(pid, 0)
+                    os._exit(0)
+    finally:
+        os.close(pidfd)
+
+
+def _wipe() -> bool:
+    """Empty the scratch directories; True when nothing of the child is left."""
+    import shutil
+
+    def unlock(fn: Any, path: str, exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(path), 0o700)
+            os.chmod(path, 0o700)
+            fn(path)
+
+    left = False
+    for top in _SCRATCH:
+        try:
+            names = os.listdir(top)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(top, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o700)
+                shutil.rmtree(path, onerror=unlock)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        with contextlib.suppress(OSError):
+            left = left or bool(os.listdir(top))
+    for kind in ("shm", "msg", "sem"):
+        with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as f:
+            left = left or len(f.read().splitlines()) > 1
+    return not left

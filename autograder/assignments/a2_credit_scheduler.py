@@ -64,8 +64,10 @@ __all__ = [
     "CLASS_NAME",
     "FORBIDDEN",
     "HIDDEN_CASES",
+    "INTERACTIVE",
     "LATENCY_FACTOR",
     "LATENCY_SLACK_US",
+    "PERIOD_BOUNDS",
     "PUBLIC_SEEDS",
     "REFERENCES",
     "SHARE_ABS",
@@ -77,6 +79,7 @@ __all__ = [
     "cases",
     "check_seeds",
     "compare",
+    "converse",
     "generated_case",
     "ideal_shares",
     "run_case",
@@ -286,6 +289,233 @@ def cases(part: Part, check: Check, seed_of: Callable[[int], int]) -> list[dict[
 
 
 # ------------------------------------------------------------------------------- running
+
+#: The grader drives this assignment's parts: :func:`autograder.grade` runs its worker in
+#: serving mode and calls :func:`converse` (the cases never go to the sandbox).
+INTERACTIVE = True
+#: Bounds of a scheduler's ``tick_us`` and ``account_us`` when graded (µs): 1 ms to 10 s.
+PERIOD_BOUNDS = (1_000, 10_000_000)
+#: Extra wall time the grader waits for one reply, beyond the case's own budget.
+REPLY_SLACK = 5.0
+
+
+class OwnTrace(dict):  # type: ignore[type-arg]
+    """A trace the grader's own simulator produced (:func:`converse`): :func:`compare` takes
+    it as it is.  Nothing that comes from a worker (JSON data) is one."""
+
+
+class _StudentError(Exception):
+    """The student's hook raised in the worker (the reply carries the traceback)."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(str(reply.get("error", "")))
+        self.reply = reply
+
+
+class _Shown:
+    """Stands for a value that only exists in the worker (its ``repr``): not a vCPU, not an
+    int — the simulator refuses it with its own message."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _Flushing(list):  # type: ignore[type-arg]
+    """The simulator's list of tickled pCPUs, which first collects the replies of the hooks
+    sent so far: the simulator looks at it (``if tickles:``) exactly where a tickle made in a
+    hook takes effect, so hooks that return nothing can travel together up to that point."""
+
+    def __init__(self, remote: _Remote) -> None:
+        super().__init__()
+        self.remote = remote
+
+    def __bool__(self) -> bool:
+        if self.remote.calls:
+            self.remote.flush()
+        return len(self) > 0
+
+
+class _Remote:
+    """The student's scheduler as the grader's simulator sees it: each hook goes to the worker
+    (:func:`autograder.harness.a2.serve`), the reply's tickles are applied here and
+    ``pick_next``'s answer becomes a :class:`~virtcore.sched.Decision` on this simulation's
+    own objects, which the simulator checks as it checks any scheduler's decision.
+
+    Built as a subclass of :class:`~virtcore.sched.Scheduler` by :func:`_remote_class` (so
+    that this module imports no virtcore at load time).
+    """
+
+    calls: list[list[Any]]
+
+    def flush(self) -> dict[str, Any]:  # pragma: no cover - replaced in _remote_class
+        raise NotImplementedError
+
+
+def _remote_class() -> type:
+    from virtcore.sched.core import Decision, Scheduler, SchedulerError
+
+    class Remote(Scheduler, _Remote):
+        name = CLASS_NAME
+
+        def __init__(self, channel: Any, index: int, case: dict[str, Any]) -> None:
+            self.ch = channel
+            setup = {"pcpus": case["pcpus"], "duration_us": case["duration_us"],
+                     "domains": [[d["name"], d["vcpus"], d["weight"], d["cap"]]
+                                 for d in case["domains"]]}
+            self.calls = [["case", index, setup]]
+            self.state: list[int] = []
+            self.vcpus: tuple[Any, ...] = ()
+
+        def attach(self, sim: Any) -> None:
+            super().attach(sim)
+            self.vcpus = sim.vcpus
+            self.state = [-2] * len(sim.vcpus)
+            if type(getattr(sim, "_tickles", None)) is list and not sim._tickles:
+                sim._tickles = _Flushing(self)
+            else:  # pragma: no cover - a simulator without that list: one hook per trip
+                self.batch = False
+            reply = self.flush()
+            attrs = reply.get("a")
+            if not (isinstance(attrs, list) and len(attrs) == 3):
+                raise _protocol("no class attributes in the reply")
+            tick, account, name = attrs
+            self.name = name if isinstance(name, str) and name else CLASS_NAME
+            lo, hi = PERIOD_BOUNDS
+            for what, value in (("tick_us", tick), ("account_us", account)):
+                if value is None:
+                    continue
+                if type(value) is not int or not lo <= value <= hi:
+                    raise SchedulerError(f"{self.name}.{what} must be None or an int from"
+                                         f" {lo} to {hi} (µs) when graded, got {value}")
+            self.tick_us, self.account_us = tick, account
+
+        batch = True
+
+        def _delta(self) -> list[int]:
+            out: list[int] = []
+            state = self.state
+            for v in self.vcpus:
+                p = v.running_on
+                st = p.id if p is not None else (-1 if v.runnable else -2)
+                if state[v.id] != st:
+                    state[v.id] = st
+                    out += (v.id, st)
+            return out
+
+        def _send(self, call: list[Any]) -> None:
+            self.calls.append(call)
+            if not self.batch:
+                self.flush()
+
+        def flush(self) -> dict[str, Any]:
+            calls, self.calls = self.calls, []
+            reply = self.ch.call(calls)
+            if "error" in reply:
+                raise _StudentError(reply)
+            tickles = reply.get("t")
+            sim = self.sim
+            if not isinstance(tickles, list):
+                raise _protocol("a reply without its tickles")
+            n = len(sim.pcpus)
+            for p in tickles:
+                if type(p) is not int or not 0 <= p < n:
+                    raise _protocol(f"tickled {p!r}, not a pCPU of this case")
+                sim.tickle(sim.pcpus[p])
+            return reply
+
+        def add_vcpu(self, vcpu: Any) -> None:
+            self._send(["a", self.sim.now, self._delta(), vcpu.id])
+
+        def remove_vcpu(self, vcpu: Any) -> None:
+            self._send(["r", self.sim.now, self._delta(), vcpu.id])
+
+        def wake(self, vcpu: Any, now: int) -> None:
+            self._send(["w", now, self._delta(), vcpu.id])
+
+        def block(self, vcpu: Any, now: int) -> None:
+            self._send(["b", now, self._delta(), vcpu.id])
+
+        def yield_(self, vcpu: Any, now: int) -> None:
+            self._send(["y", now, self._delta(), vcpu.id])
+
+        def descheduled(self, vcpu: Any, pcpu: Any, now: int, ran_us: int) -> None:
+            self._send(["d", now, self._delta(), vcpu.id, pcpu.id, ran_us])
+
+        def tick(self, pcpu: Any, now: int) -> None:
+            self._send(["t", now, self._delta(), pcpu.id])
+
+        def account(self, now: int) -> None:
+            self._send(["c", now, self._delta()])
+
+        def pick_next(self, pcpu: Any, now: int) -> Any:
+            self.calls.append(["p", now, self._delta(), pcpu.id])
+            d = self.flush().get("d")
+            if isinstance(d, str):  # it returned something that is not a Decision
+                return _Shown(d)
+            if not (isinstance(d, list) and len(d) == 2):
+                raise _protocol("pick_next's reply has no decision")
+            vid, ts = d
+            vcpus = self.vcpus
+            vcpu = (vcpus[vid] if type(vid) is int and 0 <= vid < len(vcpus)
+                    else None if vid is None else _Shown(str(vid)))
+            if not (ts is None or type(ts) is int):
+                ts = _Shown(str(ts))
+            return Decision(vcpu, ts)  # type: ignore[arg-type]
+
+    Remote.__name__ = Remote.__qualname__ = "RemoteScheduler"
+    return Remote
+
+
+def _protocol(why: str) -> Exception:
+    from autograder.sandbox import ChannelError
+
+    return ChannelError(f"protocol: {why}")
+
+
+def converse(channel: Any, cases: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """Grade-side driver of a serving worker: simulate each case *here*, asking the worker
+    (the student's scheduler) one hook at a time; one result per case.
+
+    A result is ``{"result": OwnTrace}`` (this simulation's trace), ``{"error": …,
+    "error_type": …}`` (the student's hook raised, or its decision broke the simulator's
+    rules: only that case fails) or None (never reached: the conversation ended, e.g. the
+    worker ran past its budget or wrote something that is not a reply).
+    """
+    from autograder.sandbox import ChannelError
+    from virtcore.errors import VirtcoreError
+
+    remote = _remote_class()
+    out: list[dict[str, Any] | None] = [None] * len(cases)
+    for i, case in enumerate(cases):
+        channel.case = i
+        sched = remote(channel, i, case)
+        try:
+            trace = simulate_case(sched, case)
+            if sched.calls:  # hooks of the last instant whose replies nobody awaited yet
+                sched.flush()
+        except _StudentError as e:
+            reply = e.reply
+            res: dict[str, Any] = {"error": str(reply.get("error"))[:4000],
+                                   "error_type": str(reply.get("error_type", "Exception"))}
+            if isinstance(reply.get("touched"), list) and reply["touched"]:
+                res["touched"] = [str(x)[:2000] for x in reply["touched"][:1]]
+            out[i] = res
+            continue
+        except ChannelError:
+            break
+        except VirtcoreError as e:  # the simulator refused a decision, or the class's set-up
+            out[i] = {"error": f"{type(e).__name__}: {e}", "error_type": type(e).__name__}
+            continue
+        out[i] = {"result": OwnTrace(trace)}
+    return out
+
+
+def reply_timeout() -> float:
+    """How long the grader waits for one reply (the case budget, plus slack for the load)."""
+    return CASE_TIMEOUT + REPLY_SLACK
 
 
 # ----------------------------------------------------------------------------- comparing
@@ -593,7 +823,7 @@ def compare(part: Part, check: Check, case: dict[str, Any], got: Any) -> str | N
     the reference gives 34.0% (allowed ±8.1)
     """
     try:
-        mine = _Trace(case, replay(case, got))
+        mine = _Trace(case, got if isinstance(got, OwnTrace) else replay(case, got))
     except ValueError as e:
         return f"the trace is not valid: {e}"
     kind = case["kind"]
