@@ -69,6 +69,7 @@ guests takes ~700).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -595,13 +596,20 @@ def _case_from_source(label: str, source: str, seed: int | None, technique: str,
 
 
 def _case_from_seed(label: str, seed: int, grade_id: str) -> dict[str, Any]:
+    popf = grade_id == "popf_binary_translation"
+    words, origin, pages = _generated(seed, popf)
+    return {"label": label, "seed": seed, "words": list(words), "origin": origin,
+            "pages": pages, "technique": _TECHNIQUE.get(grade_id, "trap"),
+            "max_steps": MAX_STEPS}
+
+
+@functools.lru_cache(maxsize=1024)
+def _generated(seed: int, popf: bool) -> tuple[tuple[int, ...], int, int]:
+    """A generated guest, assembled (cached: the public guests are the same for everyone)."""
     from virtcore.vmm.popek import generate_guest
 
-    popf = grade_id == "popf_binary_translation"
     g = generate_guest(seed, length=GUEST_LENGTH, popf=popf)
-    return {"label": label, "seed": seed, "words": list(g.program.words),
-            "origin": g.program.origin, "pages": g.memory_pages,
-            "technique": _TECHNIQUE.get(grade_id, "trap"), "max_steps": MAX_STEPS}
+    return tuple(g.program.words), g.program.origin, g.memory_pages
 
 
 _REF_CACHE: OrderedDict[str, dict[str, Any]] = OrderedDict()
