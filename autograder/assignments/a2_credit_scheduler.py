@@ -27,19 +27,36 @@ part                    what is checked                                    point
                         as busy as the reference, nobody starved
 ======================= ================================================== ======
 
-How a case is checked: the worker simulates the case's domains with ``StudentCredit()``
-(:func:`virtcore.sched.simulate`, an event budget, a time budget) and returns the trace —
-segments, runnable intervals, wake-up latencies.  The grader validates the trace (no pCPU or
-vCPU in two places at once, times inside the run), recomputes every metric from it itself,
-simulates the same case with the reference :class:`~virtcore.sched.Credit` in its own process
-and compares *properties*, with tolerances that any faithful credit1 implementation meets
-(the reference also models Xen's context-switch rate limit and exact residuals, which a
-student's need not): shares within :data:`SHARE_ABS` + :data:`SHARE_REL` × the reference's
-share (or as close to the weight-proportional share as the reference's, in the accounting
-part), caps never exceeded over any 300 ms window, wake-up latency at most
-:data:`LATENCY_FACTOR` × the reference's (or + :data:`LATENCY_SLACK_US`), idle-while-waiting
-time at most the reference's + 1 % of the run, on several pCPUs no domain below
-:data:`STARVATION` × its reference share.  The message names the first metric out of
+How a case is run: **the grader runs the simulation; the sandbox only answers the scheduler's
+hooks** (:data:`INTERACTIVE`, :func:`converse`).  For each case the grader runs
+:func:`virtcore.sched.simulate` itself — the case's domains, workloads and seed, an event
+budget — with a proxy scheduler whose hooks (``attach``, ``add_vcpu``, ``wake``, ``block``,
+``descheduled``, ``pick_next``, ``tick``, ``account``…) are requests to the part's worker,
+where a new ``StudentCredit()`` answers them on a mirror of the machine
+(:func:`autograder.harness.a2.serve`): each reply carries the pCPUs the student's code
+tickled, and ``pick_next``'s its decision, which the grader turns into a
+:class:`~virtcore.sched.Decision` on its own vCPUs and its simulator checks as it checks any
+scheduler's (a vCPU that is blocked, already running, or not of this case is refused, and the
+case fails).  The sandbox never sees a workload, a phase or a seed — only what a scheduler
+sees through its hooks — and nothing it could write stands for a result: the trace scored is
+the grader's own.  Hooks that return nothing travel together up to the simulator's next look
+at its tickled pCPUs (one round trip per decision or per instant, about 500–6,700 hook calls
+in 450–3,300 round trips per case).  A hook that raises fails its case with the student's
+traceback; a case has :data:`CASE_TIMEOUT` seconds of the student's own time, and the grader
+waits at most that plus :data:`REPLY_SLACK` for any reply.  The notebook's own checks
+(:func:`check_seeds`, ``run_visible``) run the whole simulation in the student's kernel and
+use the same :func:`compare`.
+
+How a case is checked: from the grader's trace (segments, runnable intervals, wake-up
+latencies) the grader computes every metric, simulates the same case with the reference
+:class:`~virtcore.sched.Credit` in its own process and compares *properties*, with tolerances
+that any faithful credit1 implementation meets (the reference also models Xen's context-switch
+rate limit and exact residuals, which a student's need not): shares within :data:`SHARE_ABS` +
+:data:`SHARE_REL` × the reference's share (or as close to the weight-proportional share as the
+reference's, in the accounting part), caps never exceeded over any 300 ms window, wake-up
+latency at most :data:`LATENCY_FACTOR` × the reference's (or + :data:`LATENCY_SLACK_US`),
+idle-while-waiting time at most the reference's + 1 % of the run, on several pCPUs no domain
+below :data:`STARVATION` × its reference share. The message names the first metric out of
 bounds, expected vs got, and the case seed.
 
 >>> [p.grade_id for p in SPEC.parts], SPEC.points
@@ -70,11 +87,13 @@ __all__ = [
     "PERIOD_BOUNDS",
     "PUBLIC_SEEDS",
     "REFERENCES",
+    "REPLY_SLACK",
     "SHARE_ABS",
     "SHARE_REL",
     "SPEC",
     "STARVATION",
     "WORKED_EXAMPLES",
+    "OwnTrace",
     "build",
     "cases",
     "check_seeds",
@@ -813,6 +832,10 @@ def replay(case: dict[str, Any], data: Any) -> dict[str, Any]:
 
 def compare(part: Part, check: Check, case: dict[str, Any], got: Any) -> str | None:
     """Check the student's trace against the reference Credit's (computed here); None = pass.
+
+    ``got`` is the grader's own trace (an :class:`OwnTrace`, from :func:`converse`), taken as
+    it is; any other trace (e.g. one simulated in the student's kernel) is first replayed
+    (:func:`replay`) and must be a legal schedule of the case.
 
     >>> from virtcore.sched import RoundRobin
     >>> part = SPEC.part("credit_accounting")

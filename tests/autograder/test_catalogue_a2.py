@@ -90,3 +90,109 @@ def test_students_get_different_hidden_cases_and_regrading_is_identical(no_boost
     visible = {c.name: c.message for c in alice.part("credit_boost").checks if not c.hidden}
     assert visible == {c.name: c.message for c in bob.part("credit_boost").checks
                        if not c.hidden}
+
+
+# ------------------------------------------------ the grader drives, the sandbox answers
+
+
+def _worker_leftovers() -> list[str]:
+    """Workers still alive: one-off workers, or children of a preloaded worker (zygote)."""
+    import os
+    from pathlib import Path
+
+    procs: dict[int, tuple[int, bytes]] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        procs[int(pid)] = (ppid, cmd)
+    out = []
+    def python(cmd: bytes) -> bool:  # not bwrap (a sandbox is bwrap, bwrap, then python)
+        return not os.path.basename(cmd.split(b"\0", 1)[0]).startswith(b"bwrap")
+
+    for pid, (ppid, cmd) in procs.items():
+        parent = procs.get(ppid, (0, b""))[1]
+        child_of_zygote = (b"zygote_main" in cmd and python(cmd) and b"zygote_main" in parent
+                           and python(parent))
+        if (b"w.main(" in cmd and python(cmd)) or child_of_zygote:
+            out.append(f"{pid}: {cmd[:120]!r}")
+    return out
+
+
+@pytest.mark.parametrize("forger", ["a2_forges_results.py", "a2_forges_protocol.py",
+                                    "a2_bad_decisions.py"])
+def test_forged_results_and_illegal_decisions_score_what_a_blank_scores(course, ag, forger):
+    # the cases never reach the sandbox, traces from the worker are not part of the protocol,
+    # replies answer requests, and every decision is checked by the grader's own simulator
+    result = course.grade_cells(A2, ag.submission_cells(A2, forger))
+    assert result.score == 0, ag.scores(result)
+    assert all(p.score == 0 for p in result.parts)
+    if forger == "a2_bad_decisions.py":
+        for part in result.parts:
+            assert part.status == "ok" and not any(c.passed for c in part.checks)
+            assert all("InvalidDecisionError" in c.message for c in part.checks), part
+
+
+def test_a_hook_that_raises_fails_only_its_cases(course, ag):
+    result = course.grade_cells(A2, ag.submission_cells(A2, "a2_caps_raises.py"))
+    got = ag.scores(result)
+    assert got["credit_caps"] == (0.0, "ok")
+    assert all("ValueError: caps are not supported" in c.message
+               for c in result.part("credit_caps").checks)
+    assert {gid: got[gid] for gid in got if gid != "credit_caps"} == {
+        gid: (pts, "ok") for gid, pts in FULL.items() if gid != "credit_caps"}
+
+
+@pytest.mark.parametrize(("variant", "status"), [("a2_caps_sleeps.py", "timeout"),
+                                                 ("a2_caps_floods.py", "crashed")])
+def test_a_worker_that_never_answers_or_floods_loses_only_that_part(course, ag, monkeypatch,
+                                                                    variant, status):
+    monkeypatch.setattr(a2, "CASE_TIMEOUT", 1.0)  # the grader waits 1 + 5 s for a reply
+    result = course.grade_cells(A2, ag.submission_cells(A2, variant))
+    got = ag.scores(result)
+    assert got["credit_caps"] == (0.0, status), result.part("credit_caps").reason
+    if status == "timeout":
+        assert "did not answer within 6 s" in result.part("credit_caps").reason
+    else:
+        assert "sent more than 16 MiB" in result.part("credit_caps").reason
+    assert {gid: got[gid] for gid in got if gid != "credit_caps"} == {
+        gid: (pts, "ok") for gid, pts in FULL.items() if gid != "credit_caps"}
+    assert _worker_leftovers() == []
+
+
+def test_the_sandbox_never_sees_the_workload(monkeypatch):
+    """What a serving worker is sent: the task holds no case, and the requests carry the
+    machine (pCPUs, domains' names, vCPU counts, weights, caps) and the hooks' arguments —
+    never a workload, a phase, a duration of one, or a seed."""
+    from autograder.harness.a2 import serve, simulate_case
+    from virtcore.sched.credit import Credit
+
+    sent: list[str] = []
+
+    class Loopback:
+        case = None
+
+        def __init__(self) -> None:
+            self.answer = serve(Credit)
+
+        def call(self, request):
+            import json
+
+            text = json.dumps(request)
+            sent.append(text)
+            return json.loads(json.dumps({"type": "reply", **self.answer(json.loads(text))}))
+
+    case = a2.generated_case("boost", 4)
+    shell = next(d for d in case["domains"] if d["name"] == "shell")["workload"]
+    (out,) = a2.converse(Loopback(), [case])
+    assert out is not None and isinstance(out["result"], a2.OwnTrace)
+    assert dict(out["result"]) == simulate_case(Credit(), case)  # the same run, hook by hook
+    text = "".join(sent)
+    for word in ("workload", "interactive", "burst", "think", "sim_seed", "seed", "label"):
+        assert word not in text
+    assert str(shell["think_us"]) not in sent[0] and str(shell["burst_us"]) not in sent[0]
+    assert len(sent) < 10_000  # hooks travel together up to the simulator's next look
