@@ -225,6 +225,8 @@ A1_ATTACKS = {"execs_reference_source": "a1_execs_reference_source.py",
               "reads_course_source": "a1_reads_course_source.py",
               "kills_other_workers": "a1_kills_other_workers.py"}
 A2_ATTACKS = {"execs_reference_source": "a2_execs_reference_source.py",
-              "forges_results": "a2_forges_results.py"}
+              "forges_results": "a2_forges_results.py",
+              "forges_protocol": "a2_forges_protocol.py",
+              "bad_decisions": "a2_bad_decisions.py"}
 A3_ATTACKS = {"reads_grader_module": "a3_reads_grader_module.py",
               "vars_sys": "a3_vars_sys.py"}

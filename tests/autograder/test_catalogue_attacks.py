@@ -145,18 +145,18 @@ def a2_class(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_a2_attacks_score_no_more_than_the_blank(a2_class: dict[str, Any]) -> None:
-    # the forger is checked on its own below: a forged trace that happens to be a legal
-    # schedule of a CPU-bound case still earns what that schedule is worth (see the README)
-    _common(a2_class, [k for k in A.A2_ATTACKS if k != "forges_results"], ["ref"])
+    # forgers included: the grader runs every case itself and the sandbox only answers the
+    # scheduler's hooks, so nothing written to the result channel stands for a result
+    _common(a2_class, list(A.A2_ATTACKS), ["ref"])
 
 
-def test_a2_forged_traces_must_be_legal_schedules(a2_class: dict[str, Any]) -> None:
-    forged = {p["grade_id"]: p for p in a2_class["results"]["forges_results"]["parts"]}
-    # an interactive or I/O-bound vCPU cannot run while it sleeps: the replay refuses it
-    assert forged["credit_boost"]["score"] == 0
-    assert all("not a schedule of this case" in c["message"]
-               for c in forged["credit_boost"]["checks"])
-    assert _score(a2_class, "forges_results") < 45 / 2
+def test_a2_forgers_never_reach_a_comparison(a2_class: dict[str, Any]) -> None:
+    for forger in ("forges_results", "forges_protocol"):
+        for part in a2_class["results"][forger]["parts"]:
+            # the worker's own messages end the conversation before any case is run
+            assert part["score"] == 0 and part["status"] != "ok", (forger, part)
+    for part in a2_class["results"]["bad_decisions"]["parts"]:
+        assert all("InvalidDecisionError" in c["message"] for c in part["checks"]), part
 
 
 @pytest.fixture(scope="module")
