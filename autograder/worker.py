@@ -25,7 +25,9 @@ one raises an exception marked ``virtcore_redacted``; the cell or case is report
 
 Messages are JSON lines on the result pipe: ``ready``, ``cell-start``/``cell``, ``build``,
 ``case-start``/``case``, ``done``, or ``fatal`` (``memory``, ``timeout``, ``error``) just
-before the worker exits on its own.
+before the worker exits on its own.  A *serving* worker (task ``serve``: a2) runs no case
+after ``build``: it answers the grader's requests, one JSON line each on its stdin, with one
+``reply`` each (:meth:`_Runner.serve`), until stdin ends.
 
 Student exceptions are values: the message keeps the exception and the student's own frames
 only (``cell handlers_io, line 3, in handle_in``).  ``RecursionError`` is an ordinary error
