@@ -37,7 +37,9 @@ def test_correct_solution_scores_full_marks_whatever_the_test_cells(course, ag):
     assert all(c.passed and c.seed is None for p in result.parts for c in p.checks)
 
 
-def test_close_but_wrong_and_crashes_cost_only_their_parts(course, ag):
+def test_close_but_wrong_and_crashes_cost_only_their_parts(course, ag, monkeypatch):
+    # the segfault needs a deep repr first: ~3 s on a loaded machine, so a wider case budget
+    monkeypatch.setattr(a1, "CASE_TIMEOUT", 10.0)
     cells = ag.submission_cells(A1, "a1_forgets_pc.py", "a1_os_exit.py", "a1_segfault.py")
     result = course.grade_cells(A1, cells)
     got = ag.scores(result)
@@ -263,7 +265,10 @@ def test_design_that_lets_every_sensitive_instruction_trap_scores_zero(course, a
     table = checks["design_table"].message
     assert "`pushf`" in table and "not privileged (no trap in user mode)" in table
     assert "expected 'translate', got 'trap'" in table
-    assert "expected 'translate', got 'trap'" in checks["design_hidden"].message
+    # hidden: a sensitive unprivileged row (translate) or a privileged innocuous one (trap),
+    # whichever the draw puts first
+    assert re.search(r"expected 'translate', got 'trap'$|expected 'trap', got 'direct'$",
+                     checks["design_hidden"].message), checks["design_hidden"].message
     assert result.score == 40
 
 
