@@ -499,8 +499,9 @@ def synthetic_rows(seed: int, n: int = SYNTHETIC_ROWS) -> list[dict[str, Any]]:
     the rule looks at — privileged or not; innocuous, control- or behaviour-sensitive (mode- or
     location-sensitive) — and of what it does not: the kind, the operands, the wording.  Every
     one of the six combinations of privileged × sensitivity appears at least once, so a rule
-    that gets one combination wrong fails every made-up ISA.  A row that does not trap in user
-    mode says in its note what it does there instead.
+    that gets one combination wrong fails every made-up ISA.  The note sometimes says what the
+    row does in user mode (traps; silently does something else; the same as in kernel mode),
+    as the real table's notes do for some rows — the ``privileged`` column always says it.
 
     >>> rows = synthetic_rows(7)
     >>> len(rows), len({r["mnemonic"] for r in rows}), synthetic_rows(7) == rows
@@ -517,7 +518,6 @@ def synthetic_rows(seed: int, n: int = SYNTHETIC_ROWS) -> list[dict[str, Any]]:
     opcodes = rng.sample(range(0x60, 0x100), len(combos))
     out = []
     for (privileged, sens), opcode in zip(combos, opcodes):
-        note = ""
         ops: tuple[str, ...]
         if sens == "control-sensitive":
             ops, sem, quiet = rng.choice(_CONTROL)
@@ -526,8 +526,12 @@ def synthetic_rows(seed: int, n: int = SYNTHETIC_ROWS) -> list[dict[str, Any]]:
         else:
             ops, sem = rng.choice(_PRIVILEGED_INNOCUOUS if privileged else _INNOCUOUS)
             quiet = ""
-        if quiet and not privileged:
-            note = f"in user mode {quiet}"
+        if privileged:  # what it does in user mode, said in the note or not at all
+            note = rng.choice(("", "", "in user mode it traps (#GP)"))
+        elif quiet:
+            note = rng.choice((f"in user mode {quiet}", f"in user mode {quiet}", ""))
+        else:
+            note = rng.choice(("", "", "in user mode it does what it does in kernel mode"))
         kind = "branch" if "target" in ops else rng.choice(("plain", "system"))
         out.append({"mnemonic": _mnemonic(rng, taken), "opcode": opcode, "operands": list(ops),
                     "semantics": sem, "kind": kind, "privileged": privileged,
