@@ -59,6 +59,7 @@ import functools
 import itertools
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -813,9 +814,10 @@ class Channel:
         self.wfd = proc.stdin.fileno()
         self.deadline = deadline
         self.reply_timeout = reply_timeout
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(rfd, selectors.EVENT_READ, "result")
-        self.sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        self.errfd = proc.stderr.fileno()
+        self.poller = select.poll()
+        self.poller.register(rfd, select.POLLIN)
+        self.poller.register(self.errfd, select.POLLIN)
         self.buf = bytearray()
         self.stderr = bytearray()
         self.messages: list[dict[str, Any]] = []
@@ -836,15 +838,14 @@ class Channel:
             if left <= 0:
                 self.timed_out = True
                 return False
-            for key, _ in self.sel.select(min(left, 1.0)):
-                fd = self.rfd if key.data == "result" else key.fileobj.fileno()  # type: ignore[union-attr]
+            for fd, _ in self.poller.poll(min(left, 1.0) * 1000):
                 try:
                     chunk = os.read(fd, 65536)
                 except OSError:
                     chunk = b""
-                if key.data == "stderr":
+                if fd != self.rfd:
                     if not chunk:
-                        self.sel.unregister(key.fileobj)
+                        self.poller.unregister(fd)
                     else:
                         self.stderr += chunk
                         if len(self.stderr) > 4 * _STDERR_KEEP:
@@ -911,7 +912,13 @@ class Channel:
             self.garbage += 1
             raise self._fail("the worker wrote before it was asked")
         until = min(self.deadline, time.monotonic() + self.reply_timeout)
-        data = memoryview(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+        raw = json.dumps(request, separators=(",", ":")).encode() + b"\n"
+        try:  # a request fits in the pipe: usually one write
+            data = memoryview(raw)[os.write(self.wfd, raw):]
+        except BlockingIOError:
+            data = memoryview(raw)
+        except OSError:
+            raise self._fail("the worker stopped reading its requests") from None
         while data:
             try:
                 n = os.write(self.wfd, data)
@@ -953,7 +960,6 @@ class Channel:
                 self.garbage += 1
             else:
                 self.messages.append(msg)
-        self.sel.close()
 
 
 def _converse(proc: subprocess.Popen[bytes], rfd: int, payload: bytes, timeout: float,

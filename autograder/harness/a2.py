@@ -16,11 +16,13 @@ sees through its hooks.
 A request is one JSON line: a list of calls ``[op, now, delta, *args]`` (``delta``: the vCPUs
 whose state changed since the previous call, flattened ``[id, state, …]``; state ``k >= 0``
 running on pCPU ``k``, ``-1`` runnable and waiting, ``-2`` not runnable), the first call of a
-case being ``["case", index, setup]``.  The reply: the pCPU ids the student's code tickled
-(``t``), the decision of a final ``pick_next`` (``d``: ``[vcpu id or None, timeslice]``, or the
-``repr`` of whatever else it returned), and, for ``case``, the class's ``tick_us``,
-``account_us`` and ``name`` (``a``).  The grader turns the decision into a ``Decision`` on its
-own objects and its simulator checks it as it checks any scheduler's.
+case being ``["case", index, setup]``; a ``["?"]`` between calls means "go on only if nothing
+was tickled so far" (the grader sends the hooks of the next events ahead; ``n`` in the reply
+counts the ``["?"]`` passed). The reply: the pCPU ids the student's code tickled (``t``), the
+decision of a final ``pick_next`` (``d``: ``[vcpu id or None, timeslice]``, or the ``repr`` of
+whatever else it returned), and, for ``case``, the class's ``tick_us``, ``account_us`` and
+``name`` (``a``). The grader turns the decision into a ``Decision`` on its own objects and its
+simulator checks it as it checks any scheduler's.
 
 :func:`simulate_case` (the whole simulation in one process) is what the grader runs for the
 reference, and what the notebook's own checks run in the student's kernel.
@@ -152,8 +154,14 @@ class _Session:
     def __call__(self, calls: list[list[Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         sched = self.sched
+        ahead = 0
         for call in calls:
             op = call[0]
+            if op == "?":  # the hooks of a later event, only if nothing was tickled so far
+                if self.sim._tickles:
+                    break
+                ahead += 1
+                continue
             if op == "case":
                 out["a"] = self.start(call[2])
                 sched = self.sched
@@ -184,6 +192,8 @@ class _Session:
                 sched.yield_(sim.vcpus[call[3]], now)
             else:
                 raise ValueError(f"unknown request {op!r}")
+        if ahead:
+            out["n"] = ahead
         tickles = self.sim._tickles
         out["t"] = [p.id for p in tickles]
         for p in tickles:

@@ -164,6 +164,50 @@ def test_a_worker_that_never_answers_or_floods_loses_only_that_part(course, ag, 
     assert _worker_leftovers() == []
 
 
+class _Loopback:
+    """A serving worker in this process (:func:`autograder.harness.a2.serve`), with every
+    request and reply through JSON as on the pipes."""
+
+    case = None
+
+    def __init__(self, impl) -> None:
+        from autograder.harness.a2 import serve
+
+        self.answer = serve(impl)
+        self.sent: list[str] = []
+
+    def call(self, request):
+        import json
+
+        text = json.dumps(request)
+        self.sent.append(text)
+        return json.loads(json.dumps({"type": "reply", **self.answer(json.loads(text))}))
+
+
+@pytest.mark.parametrize("kind", ["accounting", "boost", "caps", "multi"])
+@pytest.mark.parametrize("look_ahead", [0, 8])
+def test_the_grader_run_is_the_local_run_hook_by_hook(ag, monkeypatch, kind, look_ahead):
+    """The grader's simulation with the hooks answered remotely (batched, and with hooks of
+    later events sent ahead) gives exactly the trace of the same scheduler run locally."""
+    from autograder.harness.a2 import simulate_case
+    from virtcore.sched.credit import Credit
+
+    monkeypatch.setattr(a2, "LOOK_AHEAD", look_ahead)
+    ns: dict = {"__name__": "__main__"}
+    exec(ag.PREAMBLE[A2], ns)
+    for source in ag.submission_cells(A2).values():
+        exec(source, ns)
+    cases = [a2.generated_case(kind, seed) for seed in (101, 102)]
+    for impl in (Credit, ns["StudentCredit"]):
+        link = _Loopback(impl)
+        got = a2.converse(link, cases)
+        for case, out in zip(cases, got):
+            assert out is not None and "result" in out, out
+            assert dict(out["result"]) == simulate_case(impl(), case)
+        if look_ahead:
+            assert any('["?"]' in text for text in link.sent)
+
+
 def test_the_sandbox_never_sees_the_workload(monkeypatch):
     """What a serving worker is sent: the task holds no case, and the requests carry the
     machine (pCPUs, domains' names, vCPU counts, weights, caps) and the hooks' arguments —

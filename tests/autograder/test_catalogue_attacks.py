@@ -153,8 +153,8 @@ def test_a2_attacks_score_no_more_than_the_blank(a2_class: dict[str, Any]) -> No
 def test_a2_forgers_never_reach_a_comparison(a2_class: dict[str, Any]) -> None:
     for forger in ("forges_results", "forges_protocol"):
         for part in a2_class["results"][forger]["parts"]:
-            # the worker's own messages end the conversation before any case is run
-            assert part["score"] == 0 and part["status"] != "ok", (forger, part)
+            # the forged messages end the conversation before any case is run
+            assert part["score"] == 0 and part["status"] in ("crashed", "error"), (forger, part)
     for part in a2_class["results"]["bad_decisions"]["parts"]:
         assert all("InvalidDecisionError" in c["message"] for c in part["checks"]), part
 
