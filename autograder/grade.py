@@ -905,7 +905,7 @@ def run_visible(assignment: str | AssignmentSpec, grade_id: str,
             elif first is None:
                 first = (case, verdict)
         n = len(cases)
-        msg = (f"all {n} cases passed" if first is None else
+        msg = ((f"all {n} cases passed" if n != 1 else "the case passed") if first is None else
                f"{passed}/{n} cases passed; first failure — {_case_name(first[0])}: {first[1]}")
         seed = first[0].get("seed") if first is not None else None
         out.append(CheckResult(check.name, round(check.points * passed / n, 4) if n else 0.0,
