@@ -28,24 +28,24 @@ part                    what is checked                                    point
 ======================= ================================================== ======
 
 How a case is run: **the grader runs the simulation; the sandbox only answers the scheduler's
-hooks** (:data:`INTERACTIVE`, :func:`converse`).  For each case the grader runs
+hooks** (:data:`INTERACTIVE`, :func:`converse`). For each case the grader runs
 :func:`virtcore.sched.simulate` itself — the case's domains, workloads and seed, an event
 budget — with a proxy scheduler whose hooks (``attach``, ``add_vcpu``, ``wake``, ``block``,
 ``descheduled``, ``pick_next``, ``tick``, ``account``…) are requests to the part's worker,
 where a new ``StudentCredit()`` answers them on a mirror of the machine
-(:func:`autograder.harness.a2.serve`): each reply carries the pCPUs the student's code
-tickled, and ``pick_next``'s its decision, which the grader turns into a
+(:func:`autograder.harness.a2.serve`): each reply carries the pCPUs the student's code tickled,
+and ``pick_next``'s its decision, which the grader turns into a
 :class:`~virtcore.sched.Decision` on its own vCPUs and its simulator checks as it checks any
 scheduler's (a vCPU that is blocked, already running, or not of this case is refused, and the
-case fails).  The sandbox never sees a workload, a phase or a seed — only what a scheduler
-sees through its hooks — and nothing it could write stands for a result: the trace scored is
-the grader's own.  Hooks that return nothing travel together up to the simulator's next look
-at its tickled pCPUs (one round trip per decision or per instant, about 500–6,700 hook calls
-in 450–3,300 round trips per case).  A hook that raises fails its case with the student's
-traceback; a case has :data:`CASE_TIMEOUT` seconds of the student's own time, and the grader
-waits at most that plus :data:`REPLY_SLACK` for any reply.  The notebook's own checks
-(:func:`check_seeds`, ``run_visible``) run the whole simulation in the student's kernel and
-use the same :func:`compare`.
+case fails). The sandbox never sees a workload, a phase or a seed — only what a scheduler sees
+through its hooks — and nothing it could write stands for a result: the trace scored is the
+grader's own. Hooks that return nothing travel together up to the simulator's next look at its
+tickled pCPUs, with the hooks of the next ticks, accountings or wake-up sent ahead
+(:class:`_Flushing`): about 500–6,700 hook calls in 130–3,100 round trips per case. A hook that
+raises fails its case with the student's traceback; a case has :data:`CASE_TIMEOUT` seconds of
+the student's own time, and the grader waits at most that plus :data:`REPLY_SLACK` for any
+reply. The notebook's own checks (:func:`check_seeds`, ``run_visible``) run the whole
+simulation in the student's kernel and use the same :func:`compare`.
 
 How a case is checked: from the grader's trace (segments, runnable intervals, wake-up
 latencies) the grader computes every metric, simulates the same case with the reference
