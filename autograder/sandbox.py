@@ -883,6 +883,13 @@ class Channel:
         self.dead = self.dead or why
         return ChannelError(self.dead)
 
+    def refuse(self, why: str) -> ChannelError:
+        """The error to raise for a reply the conversation cannot use (its content breaks the
+        protocol): counted as garbage — the part's results are not trusted — and the channel
+        is dead from then on."""
+        self.garbage += 1
+        return self._fail(f"protocol: {why}")
+
     # -- the conversation ----------------------------------------------------------------
     def until_build(self) -> dict[str, Any] | None:
         """The worker's messages up to its ``build`` (None if it never came)."""

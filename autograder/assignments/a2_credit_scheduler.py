@@ -425,7 +425,7 @@ def _remote_class() -> type:
             reply = self.flush()
             attrs = reply.get("a")
             if not (isinstance(attrs, list) and len(attrs) == 3):
-                raise _protocol("no class attributes in the reply")
+                raise _protocol(self.ch, "no class attributes in the reply")
             tick, account, name = attrs
             self.name = name[:80] if isinstance(name, str) and name else CLASS_NAME
             # the simulator checks them right after attach, as it checks any scheduler's
@@ -502,10 +502,10 @@ def _remote_class() -> type:
                 raise _StudentError(reply)
             tickles = reply.get("t")
             if not isinstance(tickles, list):
-                raise _protocol("a reply without its tickles")
+                raise _protocol(self.ch, "a reply without its tickles")
             done = reply.get("n", 0)
             if type(done) is not int or not 0 <= done <= len(levels):
-                raise _protocol("a reply answering events it was not sent")
+                raise _protocol(self.ch, "a reply answering events it was not sent")
             if done:  # answered ahead; their tickles count when the last of them is called
                 self.ahead = [call for level in levels[:done] for call in level]
                 self.ahead_tickles = tickles
@@ -518,7 +518,7 @@ def _remote_class() -> type:
             n = len(sim.pcpus)
             for p in tickles:
                 if type(p) is not int or not 0 <= p < n:
-                    raise _protocol(f"tickled {p!r}, not a pCPU of this case")
+                    raise _protocol(self.ch, f"tickled {p!r}, not a pCPU of this case")
                 sim.tickle(sim.pcpus[p])
 
         def add_vcpu(self, vcpu: Any) -> None:
@@ -551,7 +551,7 @@ def _remote_class() -> type:
             if isinstance(d, str):  # it returned something that is not a Decision
                 return _Shown(d)
             if not (isinstance(d, list) and len(d) == 2):
-                raise _protocol("pick_next's reply has no decision")
+                raise _protocol(self.ch, "pick_next's reply has no decision")
             vid, ts = d
             vcpus = self.vcpus
             vcpu = (vcpus[vid] if type(vid) is int and 0 <= vid < len(vcpus)
@@ -564,10 +564,13 @@ def _remote_class() -> type:
     return Remote
 
 
-def _protocol(why: str) -> Exception:
+def _protocol(channel: Any, why: str) -> Exception:
+    """A reply that breaks the protocol: the part's results are not trusted (see
+    :meth:`autograder.sandbox.Channel.refuse`)."""
     from autograder.sandbox import ChannelError
 
-    return ChannelError(f"protocol: {why}")
+    refuse = getattr(channel, "refuse", None)
+    return refuse(why) if refuse is not None else ChannelError(f"protocol: {why}")
 
 
 def converse(channel: Any, cases: list[dict[str, Any]]) -> list[dict[str, Any] | None]:

@@ -240,3 +240,28 @@ def test_the_sandbox_never_sees_the_workload(monkeypatch):
         assert word not in text
     assert str(shell["think_us"]) not in sent[0] and str(shell["burst_us"]) not in sent[0]
     assert len(sent) < 10_000  # hooks travel together up to the simulator's next look
+
+
+def test_a_reply_breaking_the_protocol_ends_the_conversation_untrusted():
+    """A reply whose content the protocol does not allow (here: tickling a pCPU the case does
+    not have) is refused through the channel — counted as garbage, so the part's results are
+    not trusted — and no case after it is run."""
+    from autograder.sandbox import ChannelError
+
+    refused: list[str] = []
+
+    class Liar:
+        case = None
+
+        def call(self, request):
+            if request[0][0] == "case":
+                return {"type": "reply", "t": [], "a": [10_000, 30_000, "Liar"]}
+            return {"type": "reply", "t": [99], "d": [None, None]}
+
+        def refuse(self, why):
+            refused.append(why)
+            return ChannelError(why)
+
+    cases = [a2.generated_case("accounting", 1), a2.generated_case("accounting", 2)]
+    assert a2.converse(Liar(), cases) == [None, None]
+    assert refused == ["tickled 99, not a pCPU of this case"]
