@@ -579,7 +579,8 @@ def _run_part(nb: _Notebook, task: dict[str, Any],
             run = sandbox.run_worker(task, timeout=min(nb.task.part_timeout, left),
                                      limits=nb.task.limits, sandbox=nb.task.sandbox,
                                      converse=converse,
-                                     reply_timeout=float(task["case_timeout"]) + 5.0)
+                                     reply_timeout=float(task["case_timeout"]) + float(
+                                         getattr(nb.module, "REPLY_SLACK", 5.0)))
         if run.outcome == "timeout" and run.detail.startswith("still running") and (
                 nb.deadline - time.monotonic() < 1.0 and left < nb.task.part_timeout):
             run.detail = (f"the time budget of the whole notebook"
