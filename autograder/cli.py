@@ -536,79 +536,84 @@ def cmd_grade(args: argparse.Namespace) -> int:
     notes: list[str] = []
     retried = 0
     todo: list[tuple[str, Path | None, str]] = []
-    with CourseGradebook.for_course(course, args.db_url) as gb:
-        gb.ensure_assignment(spec, src)
-        roster = set(gb.student_ids())
-        skipped = 0
-        for s in students:
-            nb = course / "submitted" / s / spec.name / spec.notebook
-            path = nb if nb.is_file() and not nb.is_symlink() else None
-            sha = sha256_file(path)
-            cached = None if args.force else _load_cached(result_path(course, s, spec.name), sha)
-            if cached is not None:
-                res = NotebookResult.from_json(cached["result"])
-                outcome[s] = res
-                skipped += 1
+    cached_results: list[NotebookResult] = []
+    for s in students:
+        nb = course / "submitted" / s / spec.name / spec.notebook
+        path = nb if nb.is_file() and not nb.is_symlink() else None
+        sha = sha256_file(path)
+        cached = None if args.force else _load_cached(result_path(course, s, spec.name), sha)
+        if cached is not None:
+            res = NotebookResult.from_json(cached["result"])
+            outcome[s] = res
+            cached_results.append(res)
+        else:
+            todo.append((s, path, sha))
+    if cached_results:
+        print(f"{len(cached_results)} submission(s) already graded (cached results; --force"
+              " regrades)", file=sys.stderr)
+    # The pool starts grading before the gradebook is opened: opening it imports nbgrader
+    # (seconds of CPU) while the pool's processes already use the other cores.
+    pool = _executor(args, len(todo)) if todo else None
+    futures: dict[Any, tuple[str, str]] = {}
+    interrupted = False
+    bar = Progress(len(todo), sys.stderr, f"grade {spec.name}")
+    try:
+        for s, path, sha in todo:
+            assert pool is not None
+            task = GradeTask(s, spec.name, _read_capped(path), preamble,
+                             hidden_seed_key(secret, s, spec.name, sha), sha,
+                             part_timeout=args.timeout,
+                             budget_seconds=getattr(args, "budget", 300.0),
+                             sandbox="none" if unsafe else "bwrap")
+            futures[pool.submit(grade_submission, task)] = (s, sha)
+        with CourseGradebook.for_course(course, args.db_url) as gb:
+            gb.ensure_assignment(spec, src)
+            roster = set(gb.student_ids())
+            for res in cached_results:
                 try:  # repairs a run interrupted between the cache and the gradebook
                     _record(gb, spec, course, res)
                 except Exception as e:
-                    errors[s] = f"the gradebook write failed: {type(e).__name__}: {e}"
-            else:
-                todo.append((s, path, sha))
-        if skipped:
-            print(f"{skipped} submission(s) already graded (cached results; --force regrades)",
-                  file=sys.stderr)
-        bar = Progress(len(todo), sys.stderr, f"grade {spec.name}")
-        interrupted = False
-        if todo:
-            pool = _executor(args, len(todo))
-            futures: dict[Any, tuple[str, str]] = {}
-            try:
-                for s, path, sha in todo:
-                    task = GradeTask(s, spec.name, _read_capped(path), preamble,
-                                     hidden_seed_key(secret, s, spec.name, sha), sha,
-                                     part_timeout=args.timeout,
-                                     budget_seconds=getattr(args, "budget", 300.0),
-                                     sandbox="none" if unsafe else "bwrap")
-                    futures[pool.submit(grade_submission, task)] = (s, sha)
-                for fut in as_completed(futures):
-                    s, sha = futures[fut]
-                    try:
-                        got: GradeOutcome = fut.result()
-                        data = got.result
-                        res = NotebookResult.from_json(data)
-                    except Exception as e:  # a grader bug or a broken pool: retry next run
-                        errors[s] = f"not graded: {type(e).__name__}: {e}"
-                        bar.step(f"{s}: grader error")
-                        continue
-                    retried += got.retried
-                    if not got.cacheable:  # an infrastructure fault is not a grade
-                        errors[s] = ("not graded: infrastructure fault after retries: "
-                                     + "; ".join(got.faults)[:300])
-                        bar.step(f"{s}: infrastructure fault")
-                        continue
-                    wrapper = {"format": RESULT_FORMAT, "student": s, "assignment": spec.name,
-                               "submission_sha256": sha,
-                               "graded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                               "result": data}
-                    _atomic_write(result_path(course, s, spec.name),
-                                  json.dumps(wrapper, indent=1, sort_keys=True))
-                    _copy_for_formgrader(course, spec, s)
-                    outcome[s] = res
-                    try:
-                        _record(gb, spec, course, res)
-                    except Exception as e:  # kept in the cache: the next run records it
-                        errors[s] = (f"graded ({res.score:g}), but the gradebook write failed:"
-                                     f" {type(e).__name__}: {e}")
-                    bar.step(f"{s} {res.score:g}/{res.max_score:g} {res.status}")
-            except KeyboardInterrupt:
-                interrupted = True
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            finally:
-                bar.close()
-                if not interrupted:
-                    pool.shutdown(wait=True)
+                    errors[res.student] = (f"the gradebook write failed: {type(e).__name__}:"
+                                           f" {e}")
+            for fut in as_completed(futures):
+                s, sha = futures[fut]
+                try:
+                    got: GradeOutcome = fut.result()
+                    data = got.result
+                    res = NotebookResult.from_json(data)
+                except Exception as e:  # a grader bug or a broken pool: retry next run
+                    errors[s] = f"not graded: {type(e).__name__}: {e}"
+                    bar.step(f"{s}: grader error")
+                    continue
+                retried += got.retried
+                if not got.cacheable:  # an infrastructure fault is not a grade
+                    errors[s] = ("not graded: infrastructure fault after retries: "
+                                 + "; ".join(got.faults)[:300])
+                    bar.step(f"{s}: infrastructure fault")
+                    continue
+                wrapper = {"format": RESULT_FORMAT, "student": s, "assignment": spec.name,
+                           "submission_sha256": sha,
+                           "graded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                           "result": data}
+                _atomic_write(result_path(course, s, spec.name),
+                              json.dumps(wrapper, indent=1, sort_keys=True))
+                _copy_for_formgrader(course, spec, s)
+                outcome[s] = res
+                try:
+                    _record(gb, spec, course, res)
+                except Exception as e:  # kept in the cache: the next run records it
+                    errors[s] = (f"graded ({res.score:g}), but the gradebook write failed:"
+                                 f" {type(e).__name__}: {e}")
+                bar.step(f"{s} {res.score:g}/{res.max_score:g} {res.status}")
+    except KeyboardInterrupt:
+        interrupted = True
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+        if pool is not None and not interrupted:
+            pool.shutdown(wait=True, cancel_futures=True)
     if retried:
         notes.append(f"{retried} worker run(s) were retried after an infrastructure fault or"
                      " a kill from outside (never cached as grades)")

@@ -278,9 +278,39 @@ def _base() -> Path:
         tmp = _stage_root() / "_base.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(REPO_ROOT / "virtcore", tmp / "virtcore", ignore=_ignore)
-        compileall.compile_dir(str(tmp / "virtcore"), quiet=2, workers=1)
+        _compile_tree(REPO_ROOT / "virtcore", tmp / "virtcore")
         tmp.rename(base)
     return base
+
+
+def _compile_tree(src: Path, dst: Path) -> None:
+    """Compiled files for every module of ``dst`` (a copy of ``src`` that kept the sources'
+    times): this interpreter's own compiled file of the source where it is current (its
+    header names the source's time and size, as the import system checks), else compiled now.
+    """
+    import importlib.util
+    import py_compile
+
+    tag = sys.implementation.cache_tag
+    for path in dst.rglob("*.py"):
+        rel = path.relative_to(dst)
+        ours = src / rel.parent / "__pycache__" / f"{path.stem}.{tag}.pyc"
+        out = path.parent / "__pycache__" / f"{path.stem}.{tag}.pyc"
+        out.parent.mkdir(exist_ok=True)
+        st = path.stat()
+        try:
+            with open(ours, "rb") as f:
+                head = f.read(16)
+        except OSError:
+            head = b""
+        current = (len(head) == 16 and head[:4] == importlib.util.MAGIC_NUMBER
+                   and int.from_bytes(head[4:8], "little") == 0
+                   and int.from_bytes(head[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+                   and int.from_bytes(head[12:16], "little") == st.st_size & 0xFFFFFFFF)
+        if current:
+            shutil.copyfile(ours, out)
+        else:
+            py_compile.compile(str(path), cfile=str(out), doraise=False, quiet=2)
 
 
 def stage(assignment: str, grade_id: str) -> Path:
@@ -303,10 +333,13 @@ def stage(assignment: str, grade_id: str) -> Path:
         out = _stage_root() / f"{assignment}.{grade_id}"
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(_base() / "virtcore", tmp / "virtcore")
+        # hard links to the base copy (nothing in a stage is ever written in place: a
+        # redacted module is a new file, its compiled file is removed)
+        shutil.copytree(_base() / "virtcore", tmp / "virtcore", copy_function=os.link)
         for mod, names in redact.items():
             rel = Path(*mod.split("."))
             src = REPO_ROOT / rel.with_suffix(".py")
+            (tmp / rel.with_suffix(".py")).unlink()
             (tmp / rel.with_suffix(".py")).write_text(
                 redact_source(src.read_text(encoding="utf-8"), tuple(names), mod),
                 encoding="utf-8")

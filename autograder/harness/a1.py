@@ -11,6 +11,7 @@ the course secret.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import compress
 from typing import Any
 
 __all__ = ["DESIGN", "HANDLERS", "TREATMENTS", "answer_rows", "build", "row_from_json",
@@ -159,7 +160,7 @@ def trace_guest(handlers: dict[str, Callable[..., Any]], case: dict[str, Any],
         words = vm.memory_words()
     except Exception:
         words = []
-    memory = [[i, w] for i, w in enumerate(words) if w]
+    memory = [[i, words[i]] for i in compress(range(len(words)), words)]  # the non-zero words
     out: dict[str, Any] = {
         "stop": (v.done if isinstance(v.done, str) else "budget") if "error" not in info
         else "error",

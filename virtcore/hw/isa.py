@@ -39,6 +39,7 @@ True
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 MASK32 = 0xFFFF_FFFF
@@ -259,8 +260,11 @@ _USES = {"rd": "rd", "rs": "rs", "imm": "imm", "uimm": "imm", "target": "imm",
          "mem": "rs+imm", "port": "imm", "cr": "imm"}
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def decode(word: int) -> Instruction | None:
     """The row for ``word``, or ``None`` if the word is not a valid encoding.
+
+    (A pure function of the word, cached: a CPU decodes the same few words again and again.)
 
     A word is valid when its opcode is known, its register fields name
     registers ``r0``–``r7``, fields the instruction does not use are zero, and
