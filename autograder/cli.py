@@ -452,7 +452,7 @@ def _executor(args: argparse.Namespace, n: int) -> Any:
         except ClusterError as e:
             raise CLIError(str(e)) from None
     jobs = max(1, args.jobs or os.cpu_count() or 1)
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context(os.environ.get("VIRTCORE_POOL_START", "fork"))
     stages = None
     if getattr(args, "assignment", None):
         from autograder import sandbox

@@ -60,6 +60,7 @@ from traitlets import Float, Unicode
 __all__ = [
     "AUTOGRADE_PREPROCESSORS",
     "SANITIZE_PREPROCESSORS",
+    "HideTestTracebacks",
     "NeutralizeMarkdown",
     "RestoreMetadata",
     "SafeGrade",
@@ -67,28 +68,8 @@ __all__ = [
     "grade_for_nbgrader",
 ]
 
-_BRIDGE = "autograder.nbgrader_bridge."
-#: ``c.Autograde.sanitize_preprocessors`` for this course.
-SANITIZE_PREPROCESSORS = [
-    "nbgrader.preprocessors.ClearOutput",
-    "nbgrader.preprocessors.DeduplicateIds",
-    "nbgrader.preprocessors.OverwriteKernelspec",
-    _BRIDGE + "RestoreMetadata",
-    "nbgrader.preprocessors.OverwriteCells",
-    _BRIDGE + "NeutralizeMarkdown",
-    "nbgrader.preprocessors.CheckCellMetadata",
-]
-#: ``c.Autograde.autograde_preprocessors``: nbgrader's list with ``Execute`` replaced.
-AUTOGRADE_PREPROCESSORS = [
-    _BRIDGE + "SafeGrade",
-    "nbgrader.preprocessors.IgnorePattern",
-    "nbconvert.preprocessors.ClearMetadataPreprocessor",
-    "nbgrader.preprocessors.LimitOutput",
-    "nbgrader.preprocessors.SaveAutoGrades",
-    _BRIDGE + "SaveComments",
-    "nbgrader.preprocessors.AssignLatePenalties",
-    "nbgrader.preprocessors.CheckCellMetadata",
-]
+from autograder.nbgrader_names import AUTOGRADE_PREPROCESSORS, SANITIZE_PREPROCESSORS
+
 _RESULT_KEY = "virtcore_result"
 
 
@@ -296,3 +277,29 @@ class SaveComments(NbGraderPreprocessor):
                 comment.auto_comment = part_comment(by_part[gid])
             gb.db.commit()
         return nb, resources
+
+
+class HideTestTracebacks(NbGraderPreprocessor):
+    """Reduce every autograder test cell's outputs to the grader's text and error lines.
+
+    nbgrader's feedback shows the test cells with their outputs; an IPython
+    traceback quotes the failing source lines, so a failing *hidden* test would
+    leak its code even after ``ClearHiddenTests`` removed it from the cell
+    (nbgrader issues #917, #1363).  On this course no test cell is executed
+    (``SafeGrade``): its outputs are the grader's per-check text for the part (hidden
+    seeds redacted), kept on stdout, and its score, dropped.  Anything else — stderr,
+    rich outputs, a traceback's code — is dropped or reduced to the error line.
+    """
+
+    def preprocess_cell(self, cell: Any, resources: Any, cell_index: int) -> tuple[Any, Any]:
+        if cell.cell_type == "code" and is_grade(cell) and not is_solution(cell):
+            kept = []
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    line = f"{out.get('ename', 'Error')}: {out.get('evalue', '')}".rstrip(": ")
+                    out["traceback"] = [line + "  (test code hidden)"]
+                    kept.append(out)
+                elif out.get("output_type") == "stream" and out.get("name") == "stdout":
+                    kept.append(out)
+            cell["outputs"] = kept
+        return cell, resources

@@ -5,7 +5,8 @@ under 20 student ids — graded twice in one run, each time in a fresh copy of t
 
 - **nbgrader autograde**: one ``nbgrader autograde a1_trap_and_emulate`` over the whole
   class, nbgrader's normal sequential way (one kernel per notebook, every cell of the
-  notebook executed: the visible checks and the hidden tests of the test cells);
+  notebook executed: the visible checks and the hidden tests of the test cells), with
+  nbgrader's default configuration (:data:`PLAIN_NBGRADER_CONFIG`);
 - **autograder grade**: ``python -m autograder grade a1_trap_and_emulate`` with the default
   ``--jobs`` (one grading process per core), which runs only the solution cells, each part in
   a bubblewrap sandbox of its own (the safe default: namespaces, no course files, an
@@ -13,7 +14,10 @@ under 20 student ids — graded twice in one run, each time in a fresh copy of t
   submission from the part's preloaded worker (``autograder/zygote.py``) — on the
   per-submission cases, validates and compares in the grader, and writes the gradebook;
 - the same with ``VIRTCORE_ZYGOTE=0`` (a new sandbox and interpreter for every part), to show
-  what the preloaded workers buy.
+  what the preloaded workers buy;
+- ``nbgrader autograde`` with the course's real configuration, which routes it through this
+  grader (``SafeGrade``: sandboxed, no kernel) — what formgrader's Autograde button does —
+  sequential, for comparison.
 
 Both timings are wall-clock seconds of the whole command, start-up included (nbgrader's and
 ours each import nbgrader once, ~3 s).  Target: ours, sandbox on, ≥ 3× nbgrader's throughput
@@ -81,10 +85,27 @@ def _solved(release: Path, source: Path) -> dict[str, object]:
     return nb
 
 
-def _course(root: Path, name: str, notebook: dict[str, object]) -> Path:
+#: nbgrader's own configuration for the baseline: the course's id, header and stubs, and
+#: nbgrader's *default* autograde (``Execute``: the notebook run in a kernel).  The course's
+#: real ``nbgrader_config.py`` routes ``nbgrader autograde`` through this grader
+#: (``autograder.nbgrader_bridge.SafeGrade``), which would make the baseline our own grader.
+PLAIN_NBGRADER_CONFIG = """\
+c = get_config()
+c.CourseDirectory.course_id = "virtcore"
+c.IncludeHeaderFooter.header = "source/header.ipynb"
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+c.Execute.timeout = 120
+"""
+
+
+def _course(root: Path, name: str, notebook: dict[str, object], *, plain: bool = False) -> Path:
     course = root / name
     course.mkdir()
-    shutil.copy(REPO / "course" / "nbgrader_config.py", course)
+    if plain:
+        (course / "nbgrader_config.py").write_text(PLAIN_NBGRADER_CONFIG)
+    else:
+        shutil.copy(REPO / "course" / "nbgrader_config.py", course)
     shutil.copytree(REPO / "course" / "source", course / "source")
     secret = course / ".course_secret"
     secret.write_text("benchmark-secret\n")
@@ -124,15 +145,28 @@ def run() -> list[Row]:
         root = Path(tmp)
         setup = root / "setup"
         setup.mkdir()
-        shutil.copy(REPO / "course" / "nbgrader_config.py", setup)
+        (setup / "nbgrader_config.py").write_text(PLAIN_NBGRADER_CONFIG)
         shutil.copytree(REPO / "course" / "source", setup / "source")
         _run([sys.executable, "-m", "nbgrader", "generate_assignment", ASSIGNMENT], setup)
         notebook = _solved(setup / "release" / ASSIGNMENT / NOTEBOOK,
                            setup / "source" / ASSIGNMENT / NOTEBOOK)
 
-        nbg = _course(root, "nbgrader", notebook)
+        nbg = _course(root, "nbgrader", notebook, plain=True)
         _run([sys.executable, "-m", "nbgrader", "generate_assignment", ASSIGNMENT], nbg)
         t_nbgrader = _run([sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT], nbg)
+        from nbgrader.api import Gradebook
+
+        with Gradebook(f"sqlite:///{nbg / 'gradebook.db'}") as gb:  # the baseline did the work
+            nbg_scores = {gb.find_submission(ASSIGNMENT, f"student{i:02d}").score
+                          for i in range(STUDENTS)}
+        if nbg_scores != {45.0}:
+            raise RuntimeError(f"nbgrader's own autograde did not give 45: {nbg_scores}")
+
+        # nbgrader's autograde through this course's grader (its nbgrader_config.py: SafeGrade,
+        # sandboxed, no kernel), as formgrader's Autograde button runs it: sequential
+        bridged = _course(root, "bridged", notebook)
+        _run([sys.executable, "-m", "nbgrader", "generate_assignment", ASSIGNMENT], bridged)
+        t_bridged = _run([sys.executable, "-m", "nbgrader", "autograde", ASSIGNMENT], bridged)
 
         ours = _course(root, "ours", notebook)
         _run([sys.executable, "-m", "autograder", "release", ASSIGNMENT, "--course",
@@ -162,6 +196,8 @@ def run() -> list[Row]:
             f"{STUDENTS} notebooks in {t_ours:.1f} s"),
         Row("throughput ratio (ours, sandbox on / nbgrader's)", per_nbg / per_ours, "x",
             "target >= 3 on 2 cores"),
+        Row("  nbgrader autograde through this grader (SafeGrade, sequential), per submission",
+            t_bridged / STUDENTS, "s", f"ours is {t_bridged / t_ours:.2f} x faster"),
         Row("  without preloaded workers (VIRTCORE_ZYGOTE=0), per submission",
             t_fresh / STUDENTS, "s", f"ratio {per_nbg / (t_fresh / STUDENTS):.2f} x"),
         Row("python -c pass, bare", bare * 1000, "ms", "median of 15"),

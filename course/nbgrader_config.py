@@ -14,9 +14,6 @@ tests.
 
 import os
 
-from nbgrader.preprocessors import NbGraderPreprocessor
-from nbgrader.utils import is_grade, is_solution
-
 c = get_config()  # noqa: F821 - injected by traitlets' config loader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,8 +45,12 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # `SaveAutoGrades` records — the same points as `python -m autograder grade`.
 # (`autograder` must be importable: `pip install -e .` of the repository; without it
 # nbgrader stops on the class name rather than fall back to executing the notebook.)
-from autograder.nbgrader_bridge import (  # noqa: E402
+# (The lists are import strings: reading this file imports none of nbgrader's preprocessors,
+# which `python -m autograder` — reading it for the course id and the gradebook URL — does
+# not need.)
+from autograder.nbgrader_names import (  # noqa: E402
     AUTOGRADE_PREPROCESSORS,
+    FEEDBACK_PREPROCESSORS,
     SANITIZE_PREPROCESSORS,
 )
 
@@ -71,35 +72,7 @@ c.Execute.kernel_name = "python3"
 
 
 # -- generate_feedback: never show hidden tests -------------------------------------------------
-class HideTestTracebacks(NbGraderPreprocessor):
-    """Reduce every autograder test cell's outputs to the grader's text and error lines.
-
-    nbgrader's feedback shows the test cells with their outputs; an IPython
-    traceback quotes the failing source lines, so a failing *hidden* test would
-    leak its code even after ``ClearHiddenTests`` removed it from the cell
-    (nbgrader issues #917, #1363).  On this course no test cell is executed
-    (``SafeGrade``): its outputs are the grader's per-check text for the part (hidden
-    seeds redacted), kept on stdout, and its score, dropped.  Anything else — stderr,
-    rich outputs, a traceback's code — is dropped or reduced to the error line.
-    """
-
-    def preprocess_cell(self, cell, resources, cell_index):  # type: ignore[no-untyped-def]
-        if cell.cell_type == "code" and is_grade(cell) and not is_solution(cell):
-            kept = []
-            for out in cell.get("outputs", []):
-                if out.get("output_type") == "error":
-                    line = f"{out.get('ename', 'Error')}: {out.get('evalue', '')}".rstrip(": ")
-                    out["traceback"] = [line + "  (test code hidden)"]
-                    kept.append(out)
-                elif out.get("output_type") == "stream" and out.get("name") == "stdout":
-                    kept.append(out)
-            cell["outputs"] = kept
-        return cell, resources
-
-
-c.GenerateFeedback.preprocessors = [
-    "nbgrader.preprocessors.ClearHiddenTests",
-    HideTestTracebacks,
-    "nbgrader.preprocessors.GetGrades",
-    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
-]
+# `HideTestTracebacks` (autograder/nbgrader_bridge.py) reduces every test cell's outputs to
+# the grader's text and error lines: a traceback would quote hidden test code
+# (nbgrader issues #917, #1363).
+c.GenerateFeedback.preprocessors = FEEDBACK_PREPROCESSORS

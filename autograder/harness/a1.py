@@ -10,6 +10,8 @@ the course secret.
 
 from __future__ import annotations
 
+import enum
+import functools
 from collections.abc import Callable
 from itertools import compress
 from typing import Any
@@ -42,15 +44,12 @@ class _AbortError(Exception):
 
 def _num(x: object) -> object:
     """A JSON-safe value for a piece of vCPU state (ints stay ints)."""
-    if type(x) is int or type(x) is bool:
+    if type(x) is int:
+        return x
+    if type(x) is bool:
         return int(x)
-    try:
-        import enum
-
-        if isinstance(x, enum.Enum):
-            return str(x.name).lower()
-    except Exception:  # pragma: no cover
-        pass
+    if isinstance(x, enum.Enum):
+        return str(x.name).lower()
     r = repr(x)
     return r if len(r) <= 80 else r[:79] + "…"
 
@@ -65,15 +64,21 @@ def _action(a: object) -> str:
     return f"not an Action: {_num(a)}"
 
 
-def _snapshot(vcpu: Any) -> list[object]:
+@functools.cache
+def _control_registers() -> tuple[Any, ...]:
     from virtcore.hw.isa import CR
 
+    return tuple(CR)
+
+
+def _snapshot(vcpu: Any) -> list[object]:
     try:
-        regs = [_num(r) for r in list(vcpu.regs)[:16]]
+        regs = [r if type(r) is int else _num(r) for r in list(vcpu.regs)[:16]]
     except Exception:
         regs = ["?"]
     try:
-        crs = [_num(vcpu.crs.get(c)) for c in CR]
+        get = vcpu.crs.get
+        crs = [_num(get(c)) for c in _control_registers()]
     except Exception:
         crs = ["?"]
     mode = getattr(vcpu, "mode", None)
