@@ -70,10 +70,13 @@ def test_copies_are_flagged_independent_solutions_are_not(assignment: str) -> No
         assert score[(part, "exact", "ind")] == 1.0
         assert (part, "ind", "renamed") in flagged, (part, score.get((part, "ind", "renamed")))
         assert (part, "refcopy", similarity.REFERENCE) in flagged
-        # independent work is not flagged, and is far below the threshold
+        # independent work is not flagged, and is far below the threshold — except where the
+        # answer is forced: a1's design part is three branches (privileged → trap, sensitive
+        # → translate, else direct) that every correct solution writes alike
         assert (part, "ind", similarity.REFERENCE) not in flagged
-        assert score.get((part, "ind", similarity.REFERENCE), 0.0) < 0.5
-        assert score.get((part, "ind", "refcopy"), 0.0) < 0.5
+        margin = similarity.THRESHOLD if len(similarity.normalize(reference[part])) < 40 else 0.5
+        assert score.get((part, "ind", similarity.REFERENCE), 0.0) < margin
+        assert score.get((part, "ind", "refcopy"), 0.0) < margin
 
 
 def test_normalisation_ignores_names_comments_and_layout() -> None:
