@@ -74,7 +74,7 @@ def test_copies_are_flagged_independent_solutions_are_not(assignment: str) -> No
         # answer is forced: a1's design part is three branches (privileged → trap, sensitive
         # → translate, else direct) that every correct solution writes alike
         assert (part, "ind", similarity.REFERENCE) not in flagged
-        margin = similarity.THRESHOLD if len(similarity.normalize(reference[part])) < 40 else 0.5
+        margin = similarity.THRESHOLD if len(similarity.normalize(reference[part])) < 30 else 0.5
         assert score.get((part, "ind", similarity.REFERENCE), 0.0) < margin
         assert score.get((part, "ind", "refcopy"), 0.0) < margin
 
