@@ -277,4 +277,18 @@ def shutdown() -> None:
         z.close()
 
 
+def _forget_after_fork() -> None:
+    """In a forked child (a grading pool process, the analysis fork): the zygotes are the
+    parent's — drop this process's copies of their sockets and never touch them again (a
+    child using or closing them would talk over the parent, or kill its zygotes at exit)."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    for pool in _IDLE.values():
+        for z in pool:
+            with contextlib.suppress(OSError):
+                z.sock.close()
+    _IDLE.clear()
+
+
 atexit.register(shutdown)
+os.register_at_fork(after_in_child=_forget_after_fork)

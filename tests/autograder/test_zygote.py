@@ -141,3 +141,17 @@ def test_grading_gives_the_same_result_with_and_without_zygotes(monkeypatch, tmp
         r.pop("seconds", None)
     assert with_z == without
     assert 0 < with_z["score"] < 45
+
+
+def test_a_forked_process_leaves_the_parents_zygotes_alone():
+    zygote.shutdown()
+    before = _probe()  # this process now has an idle zygote
+    pid = os.fork()
+    if pid == 0:  # a grading pool process, say: it must not see, use or stop them
+        code = 0 if not zygote._IDLE else 1
+        zygote.shutdown()  # what its exit would do
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    after = _probe()
+    assert after["zygote"] == before["zygote"]  # still ours, still alive
