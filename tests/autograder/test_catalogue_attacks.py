@@ -153,8 +153,12 @@ def test_a2_attacks_score_no_more_than_the_blank(a2_class: dict[str, Any]) -> No
 def test_a2_forgers_never_reach_a_comparison(a2_class: dict[str, Any]) -> None:
     for forger in ("forges_results", "forges_protocol"):
         for part in a2_class["results"][forger]["parts"]:
-            # the forged messages end the conversation before any case is run
-            assert part["score"] == 0 and part["status"] in ("crashed", "error"), (forger, part)
+            # the forged messages never count: they end the conversation before any case is run
+            # (crashed / error), or — when a forged "done" arrives first — no case has a result
+            # of the grader's own simulation; the status depends on that timing, never the score
+            assert part["score"] == 0 and not any(c["passed"] for c in part["checks"]), part
+            assert part["status"] in ("crashed", "error") or all(
+                "no result came back" in c["instructor"] for c in part["checks"]), (forger, part)
     for part in a2_class["results"]["bad_decisions"]["parts"]:
         assert all("InvalidDecisionError" in c["message"] for c in part["checks"]), part
 
