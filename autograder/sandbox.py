@@ -624,8 +624,7 @@ def _run_in_zygote(task: dict[str, Any], lib: Path, py: str, lim_json: str, payl
     key = (str(lib), py, harness, part)
 
     def make() -> zygote.Zygote:
-        return zygote.Zygote(key, bwrap_command([], lib, python=py), lib, harness, part,
-                             python=py)
+        return zygote.Zygote(key, bwrap_command([], lib, python=py), harness, part, python=py)
 
     start = time.monotonic()
     try:

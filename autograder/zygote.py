@@ -47,7 +47,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["MAX_CHILDREN", "Zygote", "ZygoteChild", "ZygoteError", "checkout", "enabled",
@@ -122,8 +121,8 @@ class ZygoteChild:
 class Zygote:
     """A preloaded worker for one part, in its own sandbox (see the module doc)."""
 
-    def __init__(self, key: tuple[str, ...], argv_prefix: list[str], lib: Path,
-                 harness: str, part: str, *, python: str) -> None:
+    def __init__(self, key: tuple[str, ...], argv_prefix: list[str], harness: str,
+                 part: str, *, python: str) -> None:
         from autograder import sandbox
 
         self.key = key
